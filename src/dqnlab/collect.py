@@ -1,0 +1,238 @@
+"""EnvStepper: the callback that steps the vector env epsilon-greedily and fills the replay buffer."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from gymnasium.vector import VectorEnv
+from pytorch_lightning.callbacks import Callback
+
+from dqnlab.replay import ReplayBuffer
+from dqnlab.rl_math import linear_schedule
+
+
+class EnvStepper(Callback):
+    """Steps the environment between gradient steps, SB3-style: ``train_freq`` env steps, then
+    ``gradient_steps`` updates, so the replay ratio is ``gradient_steps / train_freq`` updates per env step
+    whatever ``num_envs`` is (a vector step's overshoot is carried into the next phase).
+
+    Args:
+        env: Training vector env (NEXT_STEP autoreset).
+        buffer: Replay buffer the transitions go to.
+        total_env_steps: Length of the run in env steps (sets the epsilon ramp and the number of updates).
+        learning_starts: Env steps of uniformly random actions before the first update.
+        train_freq: Env steps collected per update phase.
+        gradient_steps: Gradient steps per update phase.
+        epsilon_start: Epsilon at env step 0.
+        epsilon_end: Epsilon after the ramp.
+        exploration_fraction: Length of the linear ramp as a fraction of ``total_env_steps``.
+        log_every: Env steps between logged rows of rollout/train/perf metrics.
+        seed: Seed for the env reset and the exploration RNG.
+
+    """
+
+    def __init__(
+        self,
+        env: VectorEnv,
+        buffer: ReplayBuffer,
+        total_env_steps: int,
+        learning_starts: int = 1000,
+        train_freq: int = 1,
+        gradient_steps: int = 1,
+        epsilon_start: float = 1.0,
+        epsilon_end: float = 0.05,
+        exploration_fraction: float = 0.1,
+        log_every: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        if train_freq < 1 or gradient_steps < 1:
+            raise ValueError(
+                f"collector.train_freq ({train_freq} env steps) and collector.gradient_steps "
+                f"({gradient_steps}) must both be >= 1"
+            )
+        self.env = env
+        self.buffer = buffer
+        self.num_envs = env.num_envs
+        self.num_actions = int(env.single_action_space.n)
+        self.total_env_steps = int(total_env_steps)
+        self.learning_starts = int(learning_starts)
+        self.train_freq = int(train_freq)
+        self.gradient_steps = int(gradient_steps)
+        self.epsilon_start = float(epsilon_start)
+        self.epsilon_end = float(epsilon_end)
+        self.epsilon_decay_env_steps = int(exploration_fraction * total_env_steps)
+        self.log_every = int(log_every)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(seed)
+
+        self.env_steps = 0  # env steps taken (a vector step of N envs counts N)
+        self.episodes = 0
+        self._obs: np.ndarray | None = None
+        self._ep_return = np.zeros(self.num_envs)
+        self._ep_length = np.zeros(self.num_envs, dtype=np.int64)
+        self._last_done = np.ones(self.num_envs, dtype=bool)  # the next step is an autoreset step
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_lengths: deque[int] = deque(maxlen=100)
+        self._new_returns: list[float] = []
+        self._new_lengths: list[int] = []
+        self._next_log = self.log_every
+        self._restored = False
+        self._last_log_time = 0.0
+        self._last_log_env_steps = 0
+        self._last_log_gradient_steps = 0
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def total_gradient_steps(self) -> int:
+        """Gradient steps the whole run takes (``Trainer.max_steps``)."""
+        phases = max(self.total_env_steps - self.learning_starts, 0) // self.train_freq
+        return phases * self.gradient_steps
+
+    @property
+    def epsilon(self) -> float:
+        """Exploration rate at the current env step."""
+        return linear_schedule(
+            self.epsilon_start, self.epsilon_end, self.epsilon_decay_env_steps, self.env_steps
+        )
+
+    def env_steps_due(self, gradient_step: int) -> int:
+        """Env steps that must have been taken before gradient step ``gradient_step`` (0-based) runs."""
+        phase = gradient_step // self.gradient_steps
+        return self.learning_starts + (phase + 1) * self.train_freq
+
+    # ------------------------------------------------------------------ stepping
+    def _reset(self) -> None:
+        obs, _ = self.env.reset(seed=self.seed)
+        self.env.action_space.seed(self.seed)
+        self._obs = obs
+        self.buffer.start(obs)
+        self._last_done[:] = False
+
+    def _act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
+        n = self.num_envs
+        explore = self.rng.random(n) < epsilon
+        random_actions = self.rng.integers(self.num_actions, size=n)
+        if explore.all():  # no forward pass needed (all of the prefill, most of early training)
+            return random_actions
+        obs = torch.as_tensor(self._obs, device=pl_module.device)
+        greedy = pl_module.greedy_actions(obs).cpu().numpy()  # one device-to-host copy per vector step
+        return np.where(explore, random_actions, greedy)
+
+    def step(self, pl_module: pl.LightningModule, random: bool = False) -> None:
+        """One vector step of all envs: act, store the transitions, track episodes."""
+        actions = self._act(pl_module, 1.0 if random else self.epsilon)
+        next_obs, rewards, terminated, truncated, info = self.env.step(actions)
+        self.buffer.add(actions, rewards, terminated, truncated, next_obs)
+        # Reporting uses the raw game score and full games where the env learns from clipped rewards and
+        # life losses (Atari); plain envs report what they learn from.
+        raw = info.get("raw_reward", rewards)
+        game_over = info.get("game_over", terminated | truncated)
+        live = ~self._last_done  # an autoreset step belongs to no episode
+        self._ep_return += np.where(live, raw, 0.0)
+        self._ep_length += live
+        for i in np.flatnonzero(game_over & live):
+            self._new_returns.append(float(self._ep_return[i]))
+            self._new_lengths.append(int(self._ep_length[i]))
+            self._ep_return[i] = 0.0
+            self._ep_length[i] = 0
+            self.episodes += 1
+        self._last_done = terminated | truncated
+        self._obs = next_obs
+        self.env_steps += self.num_envs
+
+    def step_until(self, pl_module: pl.LightningModule, env_steps: int, random: bool = False) -> None:
+        """Step until ``env_steps`` env steps have been taken in total."""
+        while self.env_steps < env_steps:
+            self.step(pl_module, random=random)
+
+    # ------------------------------------------------------------------ hooks
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reset the env and prefill ``learning_starts`` random env steps (skipped when resuming)."""
+        if not self._restored:
+            self._reset()
+            self.step_until(pl_module, self.learning_starts, random=True)
+        self._last_log_time = time.perf_counter()
+        self._last_log_env_steps = self.env_steps
+        self._last_log_gradient_steps = trainer.global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """Collect this update phase's env steps before its first gradient step."""
+        due = self.env_steps_due(trainer.global_step)
+        if self.env_steps < due:
+            self.step_until(pl_module, due)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """Log a row of metrics every ``log_every`` env steps."""
+        if self.env_steps >= self._next_log:
+            self.log_row(trainer, pl_module)
+            self._next_log = (self.env_steps // self.log_every + 1) * self.log_every
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the last partial row."""
+        self.log_row(trainer, pl_module)
+
+    # ------------------------------------------------------------------ logging
+    def log_row(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Write rollout, train and perf metrics for the span since the last row, at x = env steps."""
+        now = time.perf_counter()
+        dt = max(now - self._last_log_time, 1e-9)
+        metrics: dict[str, float] = {
+            "env_steps": float(self.env_steps),
+            "gradient_steps": float(trainer.global_step),
+            "rollout/epsilon": self.epsilon,
+            "rollout/episodes": float(self.episodes),
+            "perf/env_steps_per_s": (self.env_steps - self._last_log_env_steps) / dt,
+            "perf/updates_per_s": (trainer.global_step - self._last_log_gradient_steps) / dt,
+        }
+        if self._new_returns:
+            metrics["rollout/episode_return"] = float(np.mean(self._new_returns))
+            metrics["rollout/episode_length"] = float(np.mean(self._new_lengths))
+            self.recent_returns.extend(self._new_returns)
+            self.recent_lengths.extend(self._new_lengths)
+            self._new_returns.clear()
+            self._new_lengths.clear()
+        metrics.update(pl_module.pop_metrics())
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self.env_steps)
+        self._last_log_time = now
+        self._last_log_env_steps = self.env_steps
+        self._last_log_gradient_steps = trainer.global_step
+        self.last_metrics = metrics
+        return metrics
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, exploration RNG, episode bookkeeping and the replay buffer, for an exact resume."""
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "rng": self.rng.bit_generator.state,
+            "obs": self._obs,
+            "ep_return": self._ep_return,
+            "ep_length": self._ep_length,
+            "last_done": self._last_done,
+            "recent_returns": list(self.recent_returns),
+            "recent_lengths": list(self.recent_lengths),
+            "next_log": self._next_log,
+            "buffer": self.buffer.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the env itself is restored by the caller (see ``dqnlab.train``)."""
+        self.env_steps = int(state_dict["env_steps"])
+        self.episodes = int(state_dict["episodes"])
+        self.rng.bit_generator.state = state_dict["rng"]
+        self._obs = state_dict["obs"]
+        self._ep_return = np.asarray(state_dict["ep_return"]).copy()
+        self._ep_length = np.asarray(state_dict["ep_length"]).copy()
+        self._last_done = np.asarray(state_dict["last_done"]).copy()
+        self.recent_returns = deque(state_dict["recent_returns"], maxlen=100)
+        self.recent_lengths = deque(state_dict["recent_lengths"], maxlen=100)
+        self._next_log = int(state_dict["next_log"])
+        self.buffer.load_state_dict(state_dict["buffer"])
+        self._restored = True

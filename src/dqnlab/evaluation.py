@@ -1,0 +1,167 @@
+"""Greedy evaluation on a separate vector env, periodically during training and once at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from gymnasium.vector import VectorEnv
+from pytorch_lightning.callbacks import Callback
+
+from dqnlab.collect import EnvStepper
+
+
+def play_episodes(
+    env: VectorEnv,
+    policy: Callable[[np.ndarray], np.ndarray],
+    episodes: int,
+    epsilon: float,
+    rng: np.random.Generator,
+    seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Play ``episodes`` whole episodes with an epsilon-greedy policy on a NEXT_STEP-autoreset vector env.
+
+    Episodes are spread over the env's copies; each copy plays ``ceil(episodes / num_envs)`` in sequence
+    and only the first ``episodes`` finished are counted, in copy order, so the result does not depend on
+    which copy happens to finish first.
+
+    Args:
+        env: Vector env; ``info["raw_reward"]``/``info["game_over"]`` are honoured when present (Atari).
+        policy: Maps a batch of observations to greedy actions.
+        episodes: Number of episodes to score.
+        epsilon: Probability of a uniformly random action.
+        rng: Exploration RNG.
+        seed: Reset seed (copy ``i`` gets ``seed + i``).
+
+    Returns:
+        ``(returns, lengths)`` arrays of length ``episodes``.
+
+    """
+    n = env.num_envs
+    per_env = -(-episodes // n)
+    num_actions = int(env.single_action_space.n)
+    obs, _ = env.reset(seed=seed)
+    ret = np.zeros(n)
+    length = np.zeros(n, dtype=np.int64)
+    results: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    last_done = np.zeros(n, dtype=bool)
+    while min(len(r) for r in results) < per_env:
+        actions = policy(obs)
+        if epsilon > 0:
+            explore = rng.random(n) < epsilon
+            actions = np.where(explore, rng.integers(num_actions, size=n), actions)
+        obs, rewards, terminated, truncated, info = env.step(actions)
+        raw = info.get("raw_reward", rewards)
+        game_over = info.get("game_over", terminated | truncated)
+        live = ~last_done
+        ret += np.where(live, raw, 0.0)
+        length += live
+        for i in np.flatnonzero(game_over & live):
+            results[i].append((float(ret[i]), int(length[i])))
+            ret[i] = 0.0
+            length[i] = 0
+        last_done = terminated | truncated
+    # Take episodes round-robin over copies so a short run of episodes is not all from copy 0.
+    ordered = [results[i][j] for j in range(per_env) for i in range(n)][:episodes]
+    returns = np.array([r for r, _ in ordered], dtype=np.float64)
+    lengths = np.array([le for _, le in ordered], dtype=np.int64)
+    return returns, lengths
+
+
+class Evaluator(Callback):
+    """Greedy evaluation every ``every`` env steps and at the end of training.
+
+    Args:
+        env_factory: Builds the evaluation vector env (same factory as training, another seed).
+        collector: The training env stepper (its env-step counter paces evaluation).
+        episodes: Episodes per evaluation.
+        every: Env steps between evaluations during training (0 = only at the end).
+        epsilon: Exploration during evaluation (0.05 on Atari as in Nature/CleanRL; 0 = fully greedy).
+        num_envs: Parallel env copies for evaluation (default: one per episode, capped at 32).
+        seed: Seed of the evaluation env and its exploration RNG.
+
+    """
+
+    def __init__(
+        self,
+        env_factory: Callable[..., VectorEnv],
+        collector: EnvStepper,
+        episodes: int = 20,
+        every: int = 10_000,
+        epsilon: float = 0.0,
+        num_envs: int | None = None,
+        seed: int = 10_000,
+    ) -> None:
+        if episodes < 1:
+            raise ValueError(f"eval.episodes must be >= 1, got {episodes}")
+        self.env_factory = env_factory
+        self.collector = collector
+        self.episodes = int(episodes)
+        self.every = int(every)
+        self.epsilon = float(epsilon)
+        self.num_envs = int(num_envs or min(self.episodes, 32))
+        self.seed = int(seed)
+        self._env: VectorEnv | None = None
+        self._next_eval = self.every if self.every > 0 else None
+        self.evaluations = 0
+        self.final: dict[str, float] = {}
+
+    @property
+    def env(self) -> VectorEnv:
+        """The evaluation env, built on first use."""
+        if self._env is None:
+            self._env = self.env_factory(num_envs=self.num_envs, for_eval=True)
+        return self._env
+
+    def evaluate(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Play ``episodes`` episodes with the current online network; return eval metrics."""
+        device = pl_module.device
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return pl_module.greedy_actions(torch.as_tensor(obs, device=device)).cpu().numpy()
+
+        # Each evaluation is seeded by its index, so it does not depend on how many ran before a resume.
+        seed = self.seed + 1000 * self.evaluations
+        rng = np.random.default_rng(seed)
+        returns, lengths = play_episodes(self.env, policy, self.episodes, self.epsilon, rng, seed=seed)
+        self.evaluations += 1
+        return {
+            "eval/return_mean": float(returns.mean()),
+            "eval/return_std": float(returns.std()),
+            "eval/length_mean": float(lengths.mean()),
+            "eval/episodes": float(len(returns)),
+        }
+
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        row = {"env_steps": float(self.collector.env_steps), **metrics}
+        for logger in trainer.loggers:
+            logger.log_metrics(row, step=self.collector.env_steps)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """Evaluate when the env-step counter passes the next multiple of ``every``."""
+        if self._next_eval is not None and self.collector.env_steps >= self._next_eval:
+            self._log(trainer, self.evaluate(pl_module))
+            self._next_eval = (self.collector.env_steps // self.every + 1) * self.every
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Final evaluation: what ``summary.json`` reports."""
+        self.final = self.evaluate(pl_module)
+        self._log(trainer, self.final)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Close the evaluation env."""
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Evaluation schedule position."""
+        return {"next_eval": self._next_eval, "evaluations": self.evaluations}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the evaluation schedule position."""
+        self._next_eval = state_dict["next_eval"]
+        self.evaluations = int(state_dict["evaluations"])

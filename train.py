@@ -1,0 +1,20 @@
+"""Train a DQN agent: ``python train.py [overrides]`` (see README.md)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the metric named by ``optimized_metric`` for sweepers."""
+    from dqnlab.train import run  # imported late so `--help` and config errors stay fast
+
+    summary = run(cfg)
+    metric = cfg.get("optimized_metric")
+    return summary.get(metric) if metric else None
+
+
+if __name__ == "__main__":
+    main()
