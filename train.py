@@ -5,13 +5,21 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from dqnlab.errors import exit_on_config_error
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the metric named by ``optimized_metric`` for sweepers."""
-    from dqnlab.train import run  # imported late so `--help` and config errors stay fast
+    """Hydra entry point; returns the metric named by ``optimized_metric`` for sweepers.
 
-    summary = run(cfg)
+    A bad config ends the run with ``error: <message>`` on stderr and exit status 2, no traceback
+    (``HYDRA_FULL_ERROR=1`` shows it); see ``docs/robustness.md``.
+    """
+    # Hydra catches what the task function raises and prints a traceback, so config errors are caught here.
+    with exit_on_config_error():
+        from dqnlab.train import run  # imported late so `--help` and config errors stay fast
+
+        summary = run(cfg)
     metric = cfg.get("optimized_metric")
     return summary.get(metric) if metric else None
 

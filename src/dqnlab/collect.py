@@ -127,11 +127,12 @@ class EnvStepper(Callback):
         """One vector step of all envs: act, store the transitions, track episodes."""
         actions = self._act(pl_module, 1.0 if random else self.epsilon)
         next_obs, rewards, terminated, truncated, info = self.env.step(actions)
-        self.buffer.add(actions, rewards, terminated, truncated, next_obs)
         # Reporting uses the raw game score and full games where the env learns from clipped rewards and
         # life losses (Atari); plain envs report what they learn from.
         raw = info.get("raw_reward", rewards)
         game_over = info.get("game_over", terminated | truncated)
+        # Only a game over resets the env (a lost life is terminated for learning, the game goes on).
+        self.buffer.add(actions, rewards, terminated, truncated, next_obs, resets=game_over)
         live = ~self._last_done  # an autoreset step belongs to no episode
         self._ep_return += np.where(live, raw, 0.0)
         self._ep_length += live
@@ -141,7 +142,7 @@ class EnvStepper(Callback):
             self._ep_return[i] = 0.0
             self._ep_length[i] = 0
             self.episodes += 1
-        self._last_done = terminated | truncated
+        self._last_done = game_over  # the env autoresets at the next step only after a game over
         self._obs = next_obs
         self.env_steps += self.num_envs
 

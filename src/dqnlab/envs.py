@@ -11,10 +11,14 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
+from omegaconf import DictConfig, open_dict
+
+from dqnlab.errors import ConfigError
 
 
-class EnvConfigError(ValueError):
+class EnvConfigError(ConfigError):
     """The env configuration cannot work; the message names the fix."""
 
 
@@ -56,7 +60,7 @@ def make_vector_env(
         vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
         **make_kwargs,
     )
-    check_discrete(env, id)
+    check_discrete(env, f"env.id={id}")
     return env
 
 
@@ -74,3 +78,33 @@ def check_discrete(env: VectorEnv, name: str) -> None:
 def obs_dtype_of(env: VectorEnv) -> np.dtype:
     """Numpy dtype of a single observation."""
     return np.dtype(env.single_observation_space.dtype)
+
+
+def torch_dtype(np_dtype: np.dtype | type) -> torch.dtype:
+    """The torch dtype matching a numpy dtype (``uint8`` frames stay ``uint8`` in the buffer)."""
+    return torch.from_numpy(np.zeros(0, dtype=np_dtype)).dtype
+
+
+def match_frame_stacking(buffer_cfg: DictConfig, env: VectorEnv) -> None:
+    """Set ``buffer.frame_stack`` and ``buffer.stack_padding`` to how ``env`` stacks frames, in place.
+
+    An env that stacks frames (Atari) declares ``metadata["frame_stack"]`` and ``metadata["stack_padding"]``;
+    the buffer then stores each frame once and rebuilds the stacks exactly as the env built them. Envs that
+    declare nothing leave the config as it is.
+
+    Raises:
+        EnvConfigError: ``buffer.frame_stack`` was set to a value other than 1 (the default) or the env's stack.
+
+    """
+    stack = int(env.metadata.get("frame_stack") or 1)
+    if stack == 1:
+        return
+    configured = int(buffer_cfg.get("frame_stack") or 1)
+    if configured not in (1, stack):
+        raise EnvConfigError(
+            f"buffer.frame_stack={configured} but the env stacks {stack} frames per observation: "
+            f"drop the override (it is set from the env) or use buffer.frame_stack={stack}"
+        )
+    with open_dict(buffer_cfg):
+        buffer_cfg.frame_stack = stack
+        buffer_cfg.stack_padding = str(env.metadata.get("stack_padding", "reset"))

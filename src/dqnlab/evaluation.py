@@ -63,7 +63,7 @@ def play_episodes(
             results[i].append((float(ret[i]), int(length[i])))
             ret[i] = 0.0
             length[i] = 0
-        last_done = terminated | truncated
+        last_done = game_over  # only a game over autoresets (a life-loss terminal does not)
     # Take episodes round-robin over copies so a short run of episodes is not all from copy 0.
     ordered = [results[i][j] for j in range(per_env) for i in range(n)][:episodes]
     returns = np.array([r for r, _ in ordered], dtype=np.float64)

@@ -11,10 +11,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from dqnlab.errors import ConfigError
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 
 
-class NetworkConfigError(ValueError):
+class NetworkConfigError(ConfigError):
     """The network cannot take the env's observations; the message names the fix."""
 
 

@@ -8,8 +8,13 @@ stream, so every observation is stored once (not twice, as ``obs``/``next_obs`` 
 
 Autoreset. The vector env runs in gymnasium's ``NEXT_STEP`` autoreset mode: the step that ends an episode
 returns the final observation, and the following step ignores its action and returns the reset observation
-with reward 0. That following transition (final obs -> reset obs) is stored as *invalid* and never sampled;
-the reset observation starts a new episode (``first``), so frame stacks and n-step sums stop there.
+with reward 0. That following transition (final obs -> reset obs) is *invalid* and never sampled; the reset
+observation starts a new episode (``first``), so frame stacks and n-step sums stop there.
+
+Sampling. The flat indices (``slot * num_envs + env``) of valid transitions go into a FIFO ring in the order
+they are written; slots are overwritten in the same order, so retiring the oldest slot pops the oldest
+entries. Uniform sampling over valid transitions is then one ``randint`` and one lookup: exact, no
+rejection loop, no host sync.
 
 Frame stacks. With ``frame_stack > 1`` (Atari), an observation ``[stack, H, W]`` is stored as its newest
 frame only and the stack is rebuilt at sample time from the previous slots of the same stream, padded at
@@ -27,10 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-# Candidates drawn per sampled transition; the first valid one is kept. Invalid slots are the autoreset
-# transitions (one per episode), so all K fail only for absurdly short episodes, and then that sample
-# gets weight 0 instead of silently training on a transition that crosses a reset.
-_CANDIDATES = 4
+from dqnlab.errors import ConfigError
 
 
 class Batch(NamedTuple):
@@ -43,7 +45,7 @@ class Batch(NamedTuple):
         next_obs: ``[B, *obs_shape]`` observations after the action.
         terminated: ``[B]`` bool, ``next_obs`` is terminal (no bootstrap).
         truncated: ``[B]`` bool, the episode was cut by a time limit after this step (bootstrap anyway).
-        weights: ``[B]`` float32 loss weights: 1 normally, 0 for the rare sample with no valid candidate.
+        weights: ``[B]`` float32 loss weights (1 for uniform replay; importance weights for prioritized).
         indices: ``[B]`` int64 flat slot indices (``slot * num_envs + env``), for priority updates.
 
     """
@@ -76,7 +78,7 @@ def available_memory_bytes(device: torch.device) -> int | None:
         return None
 
 
-class BufferTooLargeError(MemoryError):
+class BufferTooLargeError(ConfigError, MemoryError):
     """The replay buffer would not fit in the memory of its device."""
 
 
@@ -118,9 +120,7 @@ class ReplayBuffer:
                 f"raise buffer.capacity to at least {max(2, frame_stack + 1) * num_envs}"
             )
         if frame_stack > 1 and (len(obs_shape) < 2 or obs_shape[0] != frame_stack):
-            raise ValueError(
-                f"frame_stack={frame_stack} needs observations shaped [stack, ...], got {obs_shape}"
-            )
+            raise ValueError(f"frame_stack={frame_stack} needs observations shaped [stack, ...], got {obs_shape}")
         if stack_padding not in ("reset", "zero"):
             raise ValueError(f"stack_padding must be 'reset' or 'zero', got {stack_padding!r}")
         self.device = torch.device(device)
@@ -147,12 +147,17 @@ class ReplayBuffer:
         self.rewards = torch.zeros((slots, num_envs), dtype=torch.float32, device=dev)
         self.terminated = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
         self.truncated = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
-        # valid[t]: the transition leaving slot t is real and complete (its next obs is in slot t + 1).
-        self.valid = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
         # first[t]: the obs in slot t is the first of an episode (stacks and n-step sums stop here).
         self.first = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
-        self._last_done = torch.ones(num_envs, dtype=torch.bool, device=dev)
-        self._env_ids = torch.arange(num_envs, device=dev)
+        # FIFO of the flat indices of valid transitions (see the module docstring); counters never wrap.
+        self._valid_ring = torch.zeros(self.capacity, dtype=torch.int64, device=dev)
+        self._ring_head = 0  # valid transitions ever appended
+        self._ring_tail = 0  # valid transitions ever retired
+        self._valid_per_slot = np.zeros(slots, dtype=np.int64)  # host copy: how many ring entries each slot owns
+        self._last_done = np.ones(num_envs, dtype=bool)  # host: the next step of this stream is an autoreset
+        # host: the env resets this stream at its next step, so the next obs starts a new stack (see add()).
+        self._last_reset = np.ones(num_envs, dtype=bool)
+        self._ones = torch.ones(0, device=dev)
         self.pos = 0  # slot of the newest observation
         self.obs_written = 0  # observations written per stream since creation (vector steps + 1)
         self.generator = torch.Generator(device=dev)
@@ -162,7 +167,7 @@ class ReplayBuffer:
     def nbytes_for(slots: int, num_envs: int, frame_shape: tuple[int, ...], obs_dtype: torch.dtype) -> int:
         """Bytes the storage of a buffer with these sizes allocates."""
         per_slot = int(np.prod(frame_shape)) * torch.empty((), dtype=obs_dtype).element_size()
-        per_slot += 8 + 4 + 1 + 1 + 1 + 1  # action, reward, terminated, truncated, valid, first
+        per_slot += 8 + 4 + 1 + 1 + 1 + 8  # action, reward, terminated, truncated, first, valid-index ring
         return slots * num_envs * per_slot
 
     @property
@@ -174,14 +179,14 @@ class ReplayBuffer:
             self.rewards,
             self.terminated,
             self.truncated,
-            self.valid,
             self.first,
+            self._valid_ring,
         )
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def __len__(self) -> int:
-        """Number of stored transitions that have a next observation (valid or not)."""
-        return (min(self.obs_written, self.slots) - 1) * self.num_envs if self.obs_written else 0
+        """Number of valid stored transitions (the autoreset steps between episodes are not counted)."""
+        return self._ring_head - self._ring_tail
 
     # ------------------------------------------------------------------ writing
     def _frame(self, obs: Tensor) -> Tensor:
@@ -192,18 +197,19 @@ class ReplayBuffer:
 
     def start(self, obs: np.ndarray | Tensor) -> None:
         """Write the observations returned by ``env.reset()``: every stream begins an episode."""
-        self._write_obs(
-            self._as_tensor(obs), first=torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        )
-        self._last_done.zero_()
+        self._write_obs(self._as_tensor(obs), first=torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._last_done[:] = False
+        self._last_reset[:] = False
 
     def _write_obs(self, obs: Tensor, first: Tensor) -> None:
         if self.obs_written:
             self.pos = (self.pos + 1) % self.slots
         p = self.pos
+        # Overwriting the oldest slot retires its transitions, which are the oldest entries of the ring.
+        self._ring_tail += int(self._valid_per_slot[p])
+        self._valid_per_slot[p] = 0
         self.obs[p] = self._frame(obs)
         self.first[p] = first
-        self.valid[p] = False  # its transition is not taken yet; this also retires the overwritten one
         self.obs_written += 1
 
     def add(
@@ -213,6 +219,7 @@ class ReplayBuffer:
         terminated: np.ndarray | Tensor,
         truncated: np.ndarray | Tensor,
         next_obs: np.ndarray | Tensor,
+        resets: np.ndarray | Tensor | None = None,
     ) -> None:
         """Record one vector-env step for all streams at once.
 
@@ -223,22 +230,33 @@ class ReplayBuffer:
             truncated: ``[N]`` bool.
             next_obs: ``[N, *obs_shape]`` observations returned by the step (NEXT_STEP autoreset: after a
                 done step, the following step returns a reset observation and is stored as invalid).
+            resets: ``[N]`` bool, which of the done streams the env really resets at its next step, so that
+                their next observation starts a new episode and frame stack (``first``); ``None`` means all
+                of them. Atari passes ``info["game_over"]``: a lost life is ``terminated`` for learning and
+                its next step is stored as invalid, but the game and its frame stack go on.
 
         """
         if not self.obs_written:
             raise RuntimeError("call ReplayBuffer.start(obs) with the reset observations before add()")
         p = self.pos
-        term = self._as_tensor(terminated, torch.bool)
-        trunc = self._as_tensor(truncated, torch.bool)
+        term = np.asarray(terminated, dtype=bool)
+        trunc = np.asarray(truncated, dtype=bool)
         self.actions[p] = self._as_tensor(actions, torch.int64)
         self.rewards[p] = self._as_tensor(rewards, torch.float32)
-        self.terminated[p] = term
-        self.truncated[p] = trunc
+        self.terminated[p] = self._as_tensor(term)
+        self.truncated[p] = self._as_tensor(trunc)
         # The step after a done one only carried the autoreset: never learn from it.
-        self.valid[p] = ~self._last_done
-        started = self._last_done.clone()
+        valid_envs = np.flatnonzero(~self._last_done)
+        k = len(valid_envs)
+        if k:
+            at = (self._ring_head + np.arange(k)) % self.capacity
+            self._valid_ring[self._as_tensor(at)] = self._as_tensor(p * self.num_envs + valid_envs)
+            self._ring_head += k
+        self._valid_per_slot[p] = k
+        started = self._last_reset
         self._last_done = term | trunc
-        self._write_obs(self._as_tensor(next_obs), first=started)
+        self._last_reset = self._last_done if resets is None else self._last_done & np.asarray(resets, dtype=bool)
+        self._write_obs(self._as_tensor(next_obs), first=self._as_tensor(started))
 
     # ------------------------------------------------------------------ sampling
     def _gather_stacks(self, slots: Tensor, envs: Tensor) -> tuple[Tensor, Tensor]:
@@ -268,38 +286,34 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` valid transitions uniformly, with replacement, on the buffer's device."""
-        filled = min(self.obs_written, self.slots)
-        # Slots old enough to have been overwritten partly (their stack history) are not eligible.
-        history = self.frame_stack - 1 if self.obs_written > self.slots else 0
-        eligible = filled - 1 - history
-        if eligible < 1:
-            raise RuntimeError(
-                "the replay buffer holds no complete transition yet: sample after learning_starts"
-            )
-        g = self.generator
-        dev = self.device
-        age = torch.randint(1, eligible + 1, (batch_size, _CANDIDATES), device=dev, generator=g)
-        envs = torch.randint(self.num_envs, (batch_size, _CANDIDATES), device=dev, generator=g)
-        slots = (self.pos - age) % self.slots
-        ok = self.valid[slots, envs]
-        pick = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # first valid candidate (0 if none)
-        slots = slots.gather(1, pick).squeeze(1)
-        envs = envs.gather(1, pick).squeeze(1)
-        weights = ok.gather(1, pick).squeeze(1).to(torch.float32)
-        nxt = (slots + 1) % self.slots
+        start = self._ring_tail
+        if self.frame_stack > 1 and self.obs_written > self.slots:
+            # The oldest slots' stacks reach into overwritten frames: leave their transitions out.
+            oldest = (self.pos + 1 + np.arange(self.frame_stack - 1)) % self.slots
+            start += int(self._valid_per_slot[oldest].sum())
+        size = self._ring_head - start
+        if size < 1:
+            raise RuntimeError("the replay buffer holds no complete transition yet: sample after learning_starts")
+        n = self.num_envs
+        r = torch.randint(size, (batch_size,), device=self.device, generator=self.generator)
+        idx = self._valid_ring[(r + start) % self.capacity]
+        nxt = (idx + n) % self.capacity  # same env, next slot
         if self.frame_stack > 1:
-            obs, next_obs = self._gather_stacks(slots, envs)
+            obs, next_obs = self._gather_stacks(idx // n, idx % n)
         else:
-            obs, next_obs = self.obs[slots, envs], self.obs[nxt, envs]
+            flat_obs = self.obs.view(self.capacity, *self.obs.shape[2:])
+            obs, next_obs = flat_obs[idx], flat_obs[nxt]
+        if self._ones.shape[0] != batch_size:
+            self._ones = torch.ones(batch_size, device=self.device)
         return Batch(
             obs=obs,
-            actions=self.actions[slots, envs],
-            rewards=self.rewards[slots, envs],
+            actions=self.actions.view(-1)[idx],
+            rewards=self.rewards.view(-1)[idx],
             next_obs=next_obs,
-            terminated=self.terminated[slots, envs],
-            truncated=self.truncated[slots, envs],
-            weights=weights,
-            indices=slots * self.num_envs + envs,
+            terminated=self.terminated.view(-1)[idx],
+            truncated=self.truncated.view(-1)[idx],
+            weights=self._ones,
+            indices=idx,
         )
 
     # ------------------------------------------------------------------ checkpointing
@@ -311,9 +325,13 @@ class ReplayBuffer:
             "rewards": self.rewards,
             "terminated": self.terminated,
             "truncated": self.truncated,
-            "valid": self.valid,
             "first": self.first,
-            "last_done": self._last_done,
+            "valid_ring": self._valid_ring,
+            "ring_head": self._ring_head,
+            "ring_tail": self._ring_tail,
+            "valid_per_slot": self._valid_per_slot.copy(),
+            "last_done": self._last_done.copy(),
+            "last_reset": self._last_reset.copy(),
             "pos": self.pos,
             "obs_written": self.obs_written,
             "generator": self.generator.get_state(),
@@ -321,13 +339,17 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict` of a buffer with the same shapes."""
-        for name in ("obs", "actions", "rewards", "terminated", "truncated", "valid", "first"):
-            src = state[name]
+        for name in ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring"):
+            src = state[name.lstrip("_")]
             dst = getattr(self, name)
             if src.shape != dst.shape:
                 raise ValueError(f"replay buffer {name} shape {tuple(src.shape)} != {tuple(dst.shape)}")
             dst.copy_(src)
-        self._last_done.copy_(state["last_done"])
+        self._ring_head = int(state["ring_head"])
+        self._ring_tail = int(state["ring_tail"])
+        self._valid_per_slot[:] = state["valid_per_slot"]
+        self._last_done[:] = state["last_done"]
+        self._last_reset[:] = state.get("last_reset", state["last_done"])
         self.pos = int(state["pos"])
         self.obs_written = int(state["obs_written"])
         self.generator.set_state(state["generator"])

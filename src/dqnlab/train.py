@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from gymnasium.vector import VectorEnv
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dqnlab.collect import EnvStepper
+from dqnlab.envs import match_frame_stacking, torch_dtype
 from dqnlab.evaluation import Evaluator
 from dqnlab.io import atomic_write_json
 from dqnlab.module import DQNModule
 from dqnlab.networks import build_network
 from dqnlab.progress import EnvStepProgressBar
 from dqnlab.replay import ReplayBuffer
+from dqnlab.validate import check_writable_dir, validate_config, validate_env
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +57,33 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [instantiate(node) for node in cfg.logger.values() if node is not None and "_target_" in node]
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train one DQN agent as configured and return the run summary (also written to ``summary.json``).
+@dataclass
+class Components:
+    """Everything a run is made of, built from the config but not yet fitted."""
 
-    Args:
-        cfg: The composed Hydra config (``conf/train.yaml``).
+    env: VectorEnv
+    module: DQNModule
+    buffer: ReplayBuffer
+    collector: EnvStepper
+    evaluator: Evaluator
+    trainer: pl.Trainer
 
-    Returns:
-        Final metrics, the same dict as ``summary.json``: ``eval/return_mean`` and friends, counters and
-        throughput. Hydra sweepers optimise a key of it.
+    def close(self) -> None:
+        """Close the training env (the evaluator closes its own on teardown)."""
+        self.env.close()
 
+
+def build(cfg: DictConfig) -> Components:
+    """Instantiate env, network, module, replay, callbacks, loggers and trainer from a composed config.
+
+    The network and buffer are completed with what only the env knows (observation shape and dtype,
+    action count, number of env streams); the trainer with ``max_steps`` derived from ``env_steps``.
     """
-    t_start = time.perf_counter()
-    _quiet_lightning()
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(cfg.seed, verbose=False)
-
     env_factory = instantiate(cfg.env)
     env = env_factory()
     try:
+        match_frame_stacking(cfg.buffer, env)  # an env that stacks frames (Atari) sets buffer.frame_stack
+        validate_env(cfg, env)  # action/observation spaces and the replay size, before anything is allocated
         obs_space, num_actions = env.single_observation_space, int(env.single_action_space.n)
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
 
@@ -85,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         buffer: ReplayBuffer = instantiate(
             cfg.buffer,
             obs_shape=obs_space.shape,
-            obs_dtype=torch.from_numpy(obs_space.sample()[None]).dtype,
+            obs_dtype=torch_dtype(obs_space.dtype),
             num_envs=env.num_envs,
             device=buffer_device,
             seed=cfg.seed,
@@ -108,19 +117,46 @@ def run(cfg: DictConfig) -> dict[str, float]:
             callbacks=callbacks,
             logger=build_loggers(cfg) or False,
         )
-        for logger in trainer.loggers:
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    except BaseException:
+        env.close()
+        raise
+    return Components(env, module, buffer, collector, evaluator, trainer)
 
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train one DQN agent as configured and return the run summary (also written to ``summary.json``).
+
+    Args:
+        cfg: The composed Hydra config (``conf/train.yaml``).
+
+    Returns:
+        Final metrics, the same dict as ``summary.json``: ``eval/return_mean`` and friends, counters and
+        throughput. Hydra sweepers optimise a key of it.
+    """
+    t_start = time.perf_counter()
+    validate_config(cfg)  # fail in a second with the key and the fix, not minutes later in a traceback
+    _quiet_lightning()
+    out_dir = Path(cfg.paths.output_dir)
+    check_writable_dir(out_dir, "paths.output_dir")
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(cfg.seed, verbose=False)
+
+    parts = build(cfg)
+    try:
+        for logger in parts.trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         t_fit = time.perf_counter()
-        trainer.fit(module)
+        parts.trainer.fit(parts.module, ckpt_path=cfg.get("ckpt_path"))
         fit_s = time.perf_counter() - t_fit
     finally:
-        env.close()
+        parts.close()
 
+    collector = parts.collector
     summary: dict[str, float] = {
-        **evaluator.final,
+        **parts.evaluator.final,
         "env_steps": float(collector.env_steps),
-        "gradient_steps": float(trainer.global_step),
+        "gradient_steps": float(parts.trainer.global_step),
         "episodes": float(collector.episodes),
         "wall_time_s": time.perf_counter() - t_start,
         "env_steps_per_s": collector.env_steps / max(fit_s, 1e-9),

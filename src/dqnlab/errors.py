@@ -1,0 +1,114 @@
+"""One exception type for "this run cannot start as configured", and the CLI's way of reporting it.
+
+Every check that rejects user input (:mod:`dqnlab.validate`, the env factories, the networks, the replay buffer)
+raises a :class:`ConfigError` subclass whose message names the offending key and the fix. ``train.py`` turns
+it into one line on stderr, ``error: <message>``, and exit status 2, without a traceback; set
+``HYDRA_FULL_ERROR=1`` to get the traceback instead.
+
+This module imports nothing heavy: Hydra's callback loads it before torch is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hydra.errors import CompactHydraException
+
+EXIT_CONFIG_ERROR = 2  # the status argparse and most CLIs use for bad usage
+
+
+class ConfigError(ValueError):
+    """A run cannot start as configured; the message names the offending key and the fix."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional dependency of the configured run is not installed (e.g. ``pip install 'dqnlab[atari]'``).
+
+    Also an ``ImportError``, so code that probes for the package with ``except ImportError`` keeps working.
+    """
+
+
+class ConfigJobFailed(CompactHydraException):
+    """A multirun job failed its config checks (Hydra prints this one line, without a traceback)."""
+
+
+def full_error_requested() -> bool:
+    """Whether the user asked for tracebacks (``HYDRA_FULL_ERROR=1``, the same switch Hydra reads)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: tuple[type[BaseException], ...] = (ConfigError,)
+    if "gymnasium" in sys.modules:  # imported lazily: this module must stay light (see the module docstring)
+        from gymnasium.error import DependencyNotInstalled
+
+        # gymnasium's own "pip install gymnasium[box2d]" messages are as clear as ours.
+        types += (DependencyNotInstalled,)
+    return types
+
+
+def find_user_error(exc: BaseException) -> BaseException | None:
+    """The :class:`ConfigError` (or equally clear dependency error) behind ``exc``, if there is one.
+
+    Hydra's ``instantiate`` wraps what a ``_target_`` raises in an ``InstantiationException`` (``raise ... from
+    e``), so explicit causes are followed. Implicit contexts are not: an error raised while handling a config
+    error is a different failure and must surface as itself.
+    """
+    types = _user_error_types()
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, types):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__
+    return None
+
+
+def format_error(err: BaseException) -> str:
+    """``error: <message>``; continuation lines of a multi-line message are indented under it."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    return "\n".join([f"error: {lines[0]}", *(f"       {line}" for line in lines[1:])])
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def print_error(err: BaseException) -> None:
+    """Print ``error: <message>`` to stderr."""
+    sys.stdout.flush()  # keep the order of what Hydra's log handler already printed
+    print(format_error(err), file=sys.stderr, flush=True)
+
+
+def report_and_exit(err: BaseException) -> None:
+    """Print ``error: <message>`` to stderr and exit with :data:`EXIT_CONFIG_ERROR`.
+
+    In a multirun the other jobs must still run (and a sweeper must see one failed trial, not a dead
+    process), so there the job fails with a :class:`ConfigJobFailed` that Hydra reports in one line.
+    """
+    print_error(err)
+    if _in_multirun():
+        raise ConfigJobFailed(format_error(err)) from None
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+@contextmanager
+def exit_on_config_error() -> Iterator[None]:
+    """Turn a :class:`ConfigError` raised inside the block into :func:`report_and_exit`; re-raise anything else.
+
+    With ``HYDRA_FULL_ERROR=1`` nothing is caught, so the full traceback shows.
+    """
+    try:
+        yield
+    except Exception as exc:
+        err = find_user_error(exc)
+        if err is None or full_error_requested():
+            raise
+        report_and_exit(err)

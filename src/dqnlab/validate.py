@@ -1,0 +1,527 @@
+"""Reject a bad run before anything heavy starts, with one message that names the key and the fix.
+
+Three moments, each as early as what it checks allows:
+
+1. :class:`ValidateOnStart`, a Hydra callback (``conf/hydra/default.yaml``), runs :func:`validate_config` and
+   checks that the output directory is writable before Hydra creates the run directory, so a bad command line
+   leaves no empty ``outputs/<date>/<time>`` behind. Hydra itself already rejects misspelled override keys
+   (``Key 'x' is not in struct``) and unknown group options (``Could not find 'network/x'``).
+2. :func:`validate_config`, called again at the top of :func:`dqnlab.train.run` (so the compose API and every
+   multirun job get it too): required values, types and ranges of the knobs, their relations (batch size vs
+   capacity vs ``learning_starts`` vs ``env_steps``), config keys that the ``_target_`` does not accept (a
+   typo in an experiment file or a ``+key=`` override), a GPU that is not there, a checkpoint that is not one,
+   and a replay buffer too large for memory whatever the observations.
+3. :func:`validate_env`, once the env exists and before the network and buffer are built: a discrete action
+   space, ``Box`` observations, and the exact replay buffer size. The networks check their own input shape
+   (:class:`~dqnlab.networks.NetworkConfigError`) right after.
+
+All problems of one moment are reported together in one :class:`~dqnlab.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
+
+if TYPE_CHECKING:
+    import torch
+    from gymnasium.vector import VectorEnv
+
+_ABSENT = object()
+
+# Keys Lightning writes into every checkpoint it saves for resuming (`Trainer.save_checkpoint`).
+LIGHTNING_CKPT_KEYS = ("pytorch-lightning_version", "global_step", "state_dict", "optimizer_states")
+# ckpt_path values Lightning resolves itself (`trainer.fit(ckpt_path="last")`): not files, not checked here.
+_LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+# Replay storage per transition besides the observation: action int64, reward float32, four bool flags.
+_REPLAY_BYTES_PER_SLOT = 8 + 4 + 4
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A numeric config key and the range it must lie in; a key that is absent from the config is skipped.
+
+    Attributes:
+        key: Dotted config key.
+        kind: ``int`` or ``float`` (ints are accepted where floats are).
+        what: What the knob is, with its unit, for the message.
+        example: A valid value to suggest.
+        low: Lower bound, or ``None``.
+        high: Upper bound, or ``None``.
+        low_open: The lower bound itself is excluded.
+        nullable: ``null`` is allowed (it means "off" or "default").
+
+    """
+
+    key: str
+    kind: type
+    what: str
+    example: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    nullable: bool = False
+
+    def range_text(self) -> str:
+        """The allowed range in words, e.g. ``in [0, 1]`` or ``> 0``."""
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"<= {self.high:g}"
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the allowed range."""
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and value > self.high)
+
+
+_PROB = {"low": 0.0, "high": 1.0}
+KNOBS: tuple[Knob, ...] = (
+    Knob("seed", int, "the run's seed", "0", low=0),
+    Knob("env_steps", int, "the run's length in env steps", "50_000", low=1),
+    Knob("torch_threads", int, "intra-op CPU threads", "1", low=1, nullable=True),
+    Knob("env.num_envs", int, "parallel env copies", "1", low=1),
+    Knob("env.max_episode_steps", int, "the episode time limit in env steps", "500", low=1, nullable=True),
+    Knob("optimizer.lr", float, "the learning rate", "1e-3", low=0.0, low_open=True),
+    Knob("optimizer.eps", float, "the optimizer's denominator epsilon", "1e-8", low=0.0),
+    Knob("optimizer.weight_decay", float, "the weight decay", "0", low=0.0),
+    Knob("algo.batch_size", int, "transitions per gradient step", "64", low=1),
+    Knob("algo.gamma", float, "the discount per env step", "0.99", **_PROB),
+    Knob("algo.n_step", int, "the n-step return length in env steps", "1", low=1),
+    Knob("algo.max_grad_norm", float, "the gradient-norm clip (0 or null = off)", "10.0", low=0.0, nullable=True),
+    Knob("buffer.capacity", int, "the replay capacity in transitions", "100_000", low=1),
+    Knob("buffer.frame_stack", int, "frames per stored observation", "1", low=1),
+    Knob(
+        "buffer.memory_fraction",
+        float,
+        "the share of free memory the buffer may take",
+        "0.9",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    ),
+    Knob("collector.learning_starts", int, "env steps of random prefill", "1_000", low=0),
+    Knob("collector.train_freq", int, "env steps per update phase", "1", low=1),
+    Knob("collector.gradient_steps", int, "gradient steps per update phase", "1", low=1),
+    Knob("collector.epsilon_start", float, "the exploration rate at env step 0", "1.0", **_PROB),
+    Knob("collector.epsilon_end", float, "the exploration rate after the ramp", "0.05", **_PROB),
+    Knob("collector.exploration_fraction", float, "the ramp length as a fraction of env_steps", "0.1", **_PROB),
+    Knob("collector.log_every", int, "env steps between logged rows", "1_000", low=1),
+    Knob("target.interval", int, "gradient steps between target syncs", "1_000", low=1),
+    Knob("target.tau", float, "the target blend weight (1 = copy)", "1.0", low=0.0, high=1.0, low_open=True),
+    Knob("eval.episodes", int, "episodes per evaluation", "10", low=1),
+    Knob("eval.every", int, "env steps between evaluations (0 = only at the end)", "10_000", low=0),
+    Knob("eval.epsilon", float, "the exploration rate during evaluation", "0.0", **_PROB),
+    Knob("eval.num_envs", int, "parallel evaluation envs", "8", low=1, nullable=True),
+)
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "algo.loss": ("mse", "huber"),
+    "buffer.stack_padding": ("reset", "zero"),
+}
+
+# Values to suggest for keys a config group leaves as ??? (`env=gym` needs `env.id`).
+_MISSING_EXAMPLES = {"env.id": "Acrobot-v1"}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _select(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at ``key``, or ``_ABSENT`` when the key does not exist or is ``???``."""
+    return OmegaConf.select(cfg, key, default=_ABSENT)
+
+
+def _raw(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations and ``???`` left as written, without ``hydra``.
+
+    Unresolved, because the Hydra callback sees the config before ``${hydra:runtime.output_dir}`` exists.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    assert isinstance(raw, dict)
+    raw.pop("hydra", None)
+    return raw
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every ``(dotted key, value)`` of a plain container, depth first (list items as ``key[i]``)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        key = f"{prefix}[{k}]" if isinstance(k, int) else f"{prefix}.{k}" if prefix else str(k)
+        yield key, v
+        yield from _walk(v, key)
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check_missing(raw: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in _walk(raw):
+        if value == "???":
+            example = _MISSING_EXAMPLES.get(key, "<value>")
+            problems.append(f"{key} is required but has no value (??? in the config): add {key}={example}")
+    return problems
+
+
+def _check_knob(cfg: DictConfig, knob: Knob) -> tuple[list[str], float | None]:
+    """Problems with one knob, and its value when it is valid and set (for the relational checks)."""
+    try:
+        value = _select(cfg, knob.key)
+    except OmegaConfBaseException as e:
+        return [f"{knob.key} cannot be resolved ({e}): fix the interpolation or set {knob.key}={knob.example}"], None
+    if value is _ABSENT or (value is None and knob.nullable):
+        return [], None
+    whole = knob.kind is int
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or (whole and not float(value).is_integer()):
+        kind = "a whole number" if whole else "a number"
+        return [f"{knob.key}={_fmt(value)} must be {kind} ({knob.what}): e.g. {knob.key}={knob.example}"], None
+    if whole and isinstance(value, float):
+        # 1e6 parses as a float and would break shapes and ranges downstream.
+        return [
+            f"{knob.key}={value!r} must be a whole number ({knob.what}), but 1e6-style values are floats: "
+            f"write {knob.key}={int(value):_}"
+        ], None
+    if not math.isfinite(value) or not knob.contains(value):
+        return [
+            f"{knob.key}={_fmt(value)} is out of range: {knob.what} must be {knob.range_text()}; "
+            f"e.g. {knob.key}={knob.example}"
+        ], None
+    return [], value
+
+
+def _check_relations(v: dict[str, float]) -> list[str]:
+    """Checks between knobs; each runs only when its knobs are set and valid on their own."""
+    problems = []
+    bs, cap, ls = v.get("algo.batch_size"), v.get("buffer.capacity"), v.get("collector.learning_starts")
+    if bs is not None and cap is not None and bs > cap:
+        problems.append(
+            f"algo.batch_size={bs:g} is larger than buffer.capacity={cap:g} transitions: lower algo.batch_size "
+            f"or raise buffer.capacity to at least {bs:g}"
+        )
+    if bs is not None and ls is not None and ls < bs:
+        problems.append(
+            f"collector.learning_starts={ls:g} env steps is smaller than algo.batch_size={bs:g}: the first "
+            f"updates would draw the same few transitions again and again; raise collector.learning_starts to "
+            f"at least {bs:g}"
+        )
+    steps, freq = v.get("env_steps"), v.get("collector.train_freq", 1)
+    if steps is not None and ls is not None and steps < ls + freq:
+        problems.append(
+            f"env_steps={steps:g} leaves no update after the random prefill of collector.learning_starts={ls:g} "
+            f"env steps (an update phase takes collector.train_freq={freq:g}): raise env_steps to at least "
+            f"{ls + freq:g} or lower collector.learning_starts"
+        )
+    num_envs, stack = v.get("env.num_envs", 1), v.get("buffer.frame_stack", 1)
+    need_slots = max(2, stack + 1)
+    if cap is not None and cap // num_envs < need_slots:
+        problems.append(
+            f"buffer.capacity={cap:g} leaves {cap // num_envs:g} slot(s) per env for env.num_envs={num_envs:g}: "
+            f"raise buffer.capacity to at least {need_slots * num_envs:g}"
+        )
+    return problems
+
+
+def _check_choices(cfg: DictConfig) -> list[str]:
+    problems = []
+    for key, options in CHOICES.items():
+        value = _select(cfg, key)
+        if value is not _ABSENT and value not in options:
+            problems.append(f"{key}={_fmt(value)} is not known: use one of {', '.join(options)}")
+    return problems
+
+
+def _target_params(target: Any) -> list[str] | None:
+    """Parameter names a ``_target_`` accepts as keywords, or ``None`` when it takes ``**kwargs``."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without a signature: nothing to check against
+        return None
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_targets(raw: dict[str, Any]) -> list[str]:
+    """Config keys the ``_target_`` does not take: Hydra only catches typos in overrides, not in yaml files."""
+    from hydra.utils import get_object
+
+    problems = []
+    for path, node in _walk(raw):
+        if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+            continue
+        try:
+            target = get_object(node["_target_"])
+        except Exception as e:
+            problems.append(
+                f"{path}._target_={node['_target_']!r} cannot be imported ({e}): check the name, or "
+                "install the package that provides it"
+            )
+            continue
+        params = _target_params(target)
+        if params is None:
+            continue
+        for key in node:
+            if not isinstance(key, str) or (key.startswith("_") and key.endswith("_")) or key in params:
+                continue
+            close = difflib.get_close_matches(key, params, n=1, cutoff=0.6)
+            hint = f"did you mean {path}.{close[0]}?" if close else f"remove it (it takes: {', '.join(params)})"
+            problems.append(f"{path}.{key} is not a setting of {node['_target_']}: {hint}")
+    return problems
+
+
+def _buffer_device(cfg: DictConfig) -> torch.device:
+    """The replay buffer's device as ``dqnlab.train.run`` picks it, without building anything."""
+    import torch
+
+    requested = _select(cfg, "buffer.device")
+    if requested not in (_ABSENT, None, "auto"):
+        return torch.device(requested)
+    accelerator = _select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") or (accelerator in (_ABSENT, "auto") and torch.cuda.is_available()):
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def _check_devices(cfg: DictConfig) -> list[str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    problems = []
+    accelerator = _select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        problems.append(
+            f"trainer.accelerator={accelerator} but torch sees no CUDA device: use trainer=cpu (or "
+            "trainer.accelerator=auto), or install a CUDA build of torch"
+        )
+    device = _select(cfg, "buffer.device")
+    if isinstance(device, str) and device.startswith("cuda"):
+        problems.append(f"buffer.device={device} but torch sees no CUDA device: use buffer.device=auto or cpu")
+    return problems
+
+
+def buffer_too_large(need: int, free: int, device: torch.device, capacity: int, at_least: bool = False) -> str:
+    """The message for a replay buffer that does not fit: how much it needs, how much there is, what to do."""
+    return (
+        f"buffer.capacity={capacity:_} transitions needs {'at least ' if at_least else ''}{_gib(need)} on "
+        f"{device} but only {_gib(free)} is free: lower buffer.capacity (it fits about "
+        f"{capacity * free // max(need, 1):_} transitions), or put the buffer elsewhere with buffer.device"
+    )
+
+
+def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None) -> list[str]:
+    """A buffer too large even with 1-byte observations fails here, before the env is built."""
+    from dqnlab.replay import available_memory_bytes
+
+    if capacity is None:
+        return []
+    device = _buffer_device(cfg)
+    free = available_memory_bytes(device)  # a CUDA device without CUDA was rejected by _check_devices
+    fraction = _select(cfg, "buffer.memory_fraction")
+    fraction = 0.9 if fraction in (_ABSENT, None) else float(fraction)
+    need = int(capacity) * (_REPLAY_BYTES_PER_SLOT + 1)
+    if free is not None and need > fraction * free:
+        return [buffer_too_large(need, free, device, int(capacity), at_least=True)]
+    return []
+
+
+def check_checkpoint(path: str) -> list[str]:
+    """Problems with ``ckpt_path``: it must be a Lightning checkpoint of a dqnlab run.
+
+    The file is opened with ``mmap=True``, so its tensors (the replay buffer may be gigabytes) are not read.
+    Like the resume itself, this unpickles the file: load checkpoints you trust.
+    """
+    import torch
+
+    if path in _LIGHTNING_CKPT_ALIASES:
+        return []
+    p = Path(path).expanduser()
+    if not p.exists():
+        return [f"ckpt_path={path} does not exist: pass the .ckpt file of an earlier run, or drop ckpt_path"]
+    if not p.is_file():
+        return [f"ckpt_path={path} is not a file: pass the .ckpt file itself, not its directory"]
+    try:
+        try:
+            ckpt = torch.load(p, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
+            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        return [
+            f"ckpt_path={path} is not a torch checkpoint ({type(e).__name__}): pass a .ckpt file a dqnlab run wrote"
+        ]
+    if not isinstance(ckpt, dict):
+        return [
+            f"ckpt_path={path} holds a {type(ckpt).__name__}, not a Lightning checkpoint dict: pass a .ckpt "
+            "file a dqnlab run wrote"
+        ]
+    missing = [k for k in LIGHTNING_CKPT_KEYS if k not in ckpt]
+    if missing:
+        return [
+            f"ckpt_path={path} is not a Lightning training checkpoint (no {', '.join(missing)}): pass a "
+            ".ckpt file a dqnlab run wrote (weights-only files cannot resume training)"
+        ]
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not any(str(k).startswith("q_net.") for k in state):
+        return [
+            f"ckpt_path={path} is a Lightning checkpoint but not of a dqnlab DQN (no q_net.* weights): pass "
+            "a .ckpt file a dqnlab run wrote"
+        ]
+    return []
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """Create ``path`` if needed and prove a file can be written there, or raise a :class:`ConfigError`.
+
+    Hydra creates the run directory itself and fails with a bare ``FileNotFoundError`` traceback; this says
+    which key to change. Creating the directory early is harmless: Hydra is about to create it anyway.
+    """
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ConfigError(
+            f"cannot write the run's outputs to {key}={path} ({reason}): set {key} to a directory you can write"
+        ) from e
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def _raise_all(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("\n".join([f"{len(problems)} problems with the config:", *(f"- {p}" for p in problems)]))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the composed config before anything is built; raise one :class:`ConfigError` listing every problem.
+
+    Args:
+        cfg: The composed config of ``conf/train.yaml`` (with or without its ``hydra`` node).
+
+    Raises:
+        ConfigError: Naming each offending key and its fix.
+
+    """
+    raw = _raw(cfg)
+    problems = _check_missing(raw)
+    valid: dict[str, float] = {}
+    for knob in KNOBS:
+        knob_problems, value = _check_knob(cfg, knob)
+        problems += knob_problems
+        if value is not None:
+            valid[knob.key] = value
+    problems += _check_relations(valid)
+    problems += _check_choices(cfg)
+    problems += _check_targets(raw)
+    problems += _check_devices(cfg)
+    if not problems:  # the memory estimate needs a sane device and capacity
+        problems += _check_buffer_lower_bound(cfg, valid.get("buffer.capacity"))
+    ckpt_path = _select(cfg, "ckpt_path")
+    if isinstance(ckpt_path, str):
+        problems += check_checkpoint(ckpt_path)
+    _raise_all(problems)
+
+
+def _env_name(cfg: DictConfig) -> str:
+    env_id = _select(cfg, "env.id")
+    return f"env.id={env_id}" if isinstance(env_id, str) else "the env"
+
+
+def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
+    """Check what only the built env tells: its spaces, and the exact replay buffer size for its observations.
+
+    Call it right after the env is built, before the network and the buffer are.
+
+    Args:
+        cfg: The composed config.
+        env: The training vector env.
+
+    Raises:
+        EnvConfigError: The env's spaces do not suit DQN.
+        BufferTooLargeError: The replay buffer would not fit in its device's memory.
+
+    """
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from dqnlab.envs import EnvConfigError, check_discrete
+    from dqnlab.replay import BufferTooLargeError, ReplayBuffer, available_memory_bytes
+
+    name = _env_name(cfg)
+    check_discrete(env, name)
+    obs_space = env.single_observation_space
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise EnvConfigError(
+            f"{name} has observations of type {obs_space}: dqnlab's networks take Box observations (vectors or "
+            "images); pick an env with Box observations or flatten/one-hot them with a gymnasium "
+            "ObservationWrapper"
+        )
+    capacity = int(_select(cfg, "buffer.capacity"))
+    stack = int(cfg.buffer.get("frame_stack", 1))
+    frame_shape = tuple(obs_space.shape[1:] if stack > 1 else obs_space.shape)
+    slots = capacity // env.num_envs
+    obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_space.dtype)).dtype
+    need = ReplayBuffer.nbytes_for(slots, env.num_envs, frame_shape, obs_dtype)
+    device = _buffer_device(cfg)
+    free = available_memory_bytes(device)
+    if free is not None and need > float(cfg.buffer.get("memory_fraction", 0.9)) * free:
+        raise BufferTooLargeError(buffer_too_large(need, free, device, capacity))
+
+
+class ValidateOnStart(Callback):
+    """Hydra callback: validate before Hydra creates the run directory (see the module docstring).
+
+    A config error ends the process here with ``error: <message>`` and exit status 2, like errors raised
+    inside the run (see :mod:`dqnlab.errors`).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the whole config, then that ``hydra.run.dir`` is writable."""
+        try:
+            validate_config(config)
+            check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
+        except ConfigError as err:
+            self._exit(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check that ``hydra.sweep.dir`` is writable; each job validates its own config in ``run()``.
+
+        The config seen here lacks the sweep's overrides (``env.id=A,B`` leaves ``env.id`` at ``???``), so
+        validating it would reject good sweeps.
+        """
+        try:
+            check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+        except ConfigError as err:
+            self._exit(err)
+
+    @staticmethod
+    def _exit(err: ConfigError) -> None:
+        # Hydra's run_and_report would print a traceback for an exception from a callback; SystemExit it lets by.
+        if full_error_requested():
+            raise err
+        print_error(err)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
