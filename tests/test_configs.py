@@ -41,6 +41,8 @@ def test_option_composes_and_builds(make_cfg, group, option):
     overrides = [f"{group}={option}", "debug=smoke"] if group != "debug" else [f"debug={option}"]
     if group == "env" and option == "gym":
         overrides.append("env.id=MountainCar-v0")
+    if group == "env" and option == "atari":
+        overrides.append("env.game=pong")
     if group == "logger" and option == "wandb":
         pytest.importorskip("wandb")
     image = (group == "env" and is_image_env(option)) or (group == "network" and option == "nature_cnn")

@@ -47,9 +47,7 @@ def import_ale() -> ModuleType:
     try:
         import ale_py
     except ImportError as err:
-        raise MissingExtraError(
-            "Atari envs need ale-py (it ships the game ROMs): pip install 'dqnlab[atari]'"
-        ) from err
+        raise MissingExtraError("Atari envs need ale-py (it ships the game ROMs): pip install 'dqnlab[atari]'") from err
     gym.register_envs(ale_py)
     return ale_py
 
@@ -169,7 +167,6 @@ def _episode_cap_steps(frames: int, steps: int | None, frame_skip: int) -> int:
 
 
 def _make_ale_vector(
-    ale_py: ModuleType,
     game: str,
     num_envs: int,
     num_threads: int,
@@ -216,7 +213,6 @@ def _make_ale_vector(
 
 
 def _make_gymnasium(
-    ale_py: ModuleType,
     game: str,
     num_envs: int,
     cap_steps: int,
@@ -319,7 +315,7 @@ def make_atari_env(
             f"env.num_envs ({num_envs}), env.frame_skip ({frame_skip}) and env.frame_stack ({frame_stack}) "
             "must all be >= 1"
         )
-    ale_py = import_ale()
+    import_ale()
     rom = resolve_game(game)
     frames = eval_max_episode_frames if for_eval and eval_max_episode_frames is not None else max_episode_frames
     cap_steps = _episode_cap_steps(frames, max_episode_steps, frame_skip)
@@ -334,9 +330,9 @@ def make_atari_env(
     }
     if backend == "ale_vector":
         threads = min(int(num_threads), num_envs) if num_threads > 0 else 0  # 0: ale-py's one per core
-        env = _make_ale_vector(ale_py, rom, num_envs, threads, cap_steps, **shared)
+        env = _make_ale_vector(rom, num_envs, threads, cap_steps, **shared)
     else:
-        env = _make_gymnasium(ale_py, rom, num_envs, cap_steps, **shared)
+        env = _make_gymnasium(rom, num_envs, cap_steps, **shared)
     check_discrete(env, f"Atari game {rom}")
     return AtariSignals(
         env,

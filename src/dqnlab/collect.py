@@ -113,6 +113,19 @@ class EnvStepper(Callback):
         self.buffer.start(obs)
         self._last_done[:] = False
 
+    def restart_episodes(self, seed: int) -> None:
+        """Reset every env and begin new episodes mid-run (a resume whose env state or buffer was not saved).
+
+        The unfinished episodes are dropped from the statistics; the buffer keeps what it holds and starts a
+        new episode in every stream.
+        """
+        obs, _ = self.env.reset(seed=seed)
+        self._obs = obs
+        self.buffer.start(obs)
+        self._ep_return[:] = 0.0
+        self._ep_length[:] = 0
+        self._last_done[:] = False
+
     def _act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
         n = self.num_envs
         explore = self.rng.random(n) < epsilon
@@ -220,7 +233,9 @@ class EnvStepper(Callback):
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
             "next_log": self._next_log,
-            "buffer": self.buffer.state_dict(),
+            "new_returns": list(self._new_returns),  # finished since the last logged row
+            "new_lengths": list(self._new_lengths),
+            "buffer": self.buffer.state_dict(),  # left out of the file with checkpoint.save_buffer=false
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -235,5 +250,8 @@ class EnvStepper(Callback):
         self.recent_returns = deque(state_dict["recent_returns"], maxlen=100)
         self.recent_lengths = deque(state_dict["recent_lengths"], maxlen=100)
         self._next_log = int(state_dict["next_log"])
-        self.buffer.load_state_dict(state_dict["buffer"])
+        self._new_returns = list(state_dict.get("new_returns", []))
+        self._new_lengths = list(state_dict.get("new_lengths", []))
+        if "buffer" in state_dict:  # absent: the checkpoint was saved without it (see dqnlab.checkpoint)
+            self.buffer.load_state_dict(state_dict["buffer"])
         self._restored = True

@@ -27,6 +27,8 @@ def _check_id(env_id: str) -> None:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:  # ALE ids exist only once ale_py registers them
+        hint = " Atari games run through env=atari with the DQN preprocessing: env=atari env.game=<game>."
     raise EnvConfigError(f"gymnasium does not know env.id={env_id!r}.{hint}")
 
 

@@ -115,6 +115,17 @@ class DQNModule(pl.LightningModule):
         self._metric_count = 0
         return {"train/loss": loss_sum / count, "train/q_mean": q_sum / count}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the metric sums of the current logging span, so a resumed run logs the same rows."""
+        checkpoint["dqn_metric_sums"] = (self._metric_sums.detach().cpu().clone(), self._metric_count)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the metric sums saved by :meth:`on_save_checkpoint`."""
+        if "dqn_metric_sums" in checkpoint:
+            sums, count = checkpoint["dqn_metric_sums"]
+            self._metric_sums.copy_(sums)
+            self._metric_count = int(count)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Optimizer over the online network only; the target network is never trained."""
         return self.optimizer_factory(self.q_net.parameters())

@@ -19,7 +19,8 @@ rejection loop, no host sync.
 Frame stacks. With ``frame_stack > 1`` (Atari), an observation ``[stack, H, W]`` is stored as its newest
 frame only and the stack is rebuilt at sample time from the previous slots of the same stream, padded at
 episode starts the way the env pads (``stack_padding``). A 1M-transition Atari buffer is then 1M 84x84 frames
-(7.1 GB) instead of 28-56 GB of stacks.
+(7.1 GB) instead of 28-56 GB of stacks. An episode start is where the env really resets, which ``add(resets=)``
+tells: an Atari life loss is ``terminated`` for learning, but the game and its frame stack go on.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class ReplayBuffer:
         # host: the env resets this stream at its next step, so the next obs starts a new stack (see add()).
         self._last_reset = np.ones(num_envs, dtype=bool)
         self._ones = torch.ones(0, device=dev)
+        # Numpy views of host storage: writes of one vector step go through them (see _put).
+        names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring")
+        self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
         self.pos = 0  # slot of the newest observation
         self.obs_written = 0  # observations written per stream since creation (vector steps + 1)
         self.generator = torch.Generator(device=dev)
@@ -197,19 +201,30 @@ class ReplayBuffer:
 
     def start(self, obs: np.ndarray | Tensor) -> None:
         """Write the observations returned by ``env.reset()``: every stream begins an episode."""
-        self._write_obs(self._as_tensor(obs), first=torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self._write_obs(obs, first=np.ones(self.num_envs, dtype=bool))
         self._last_done[:] = False
         self._last_reset[:] = False
 
-    def _write_obs(self, obs: Tensor, first: Tensor) -> None:
+    def _put(self, name: str, index: int | np.ndarray, value: np.ndarray | Tensor) -> None:
+        """``storage[name][index] = value``; on the CPU through a numpy view (several times cheaper per call)."""
+        view = self._host_views.get(name)
+        if view is not None and not isinstance(value, Tensor):
+            view[index] = value
+        else:
+            dst = getattr(self, name)
+            dst[torch.as_tensor(index, device=self.device) if isinstance(index, np.ndarray) else index] = (
+                self._as_tensor(value, dst.dtype)
+            )
+
+    def _write_obs(self, obs: np.ndarray | Tensor, first: np.ndarray) -> None:
         if self.obs_written:
             self.pos = (self.pos + 1) % self.slots
         p = self.pos
         # Overwriting the oldest slot retires its transitions, which are the oldest entries of the ring.
         self._ring_tail += int(self._valid_per_slot[p])
         self._valid_per_slot[p] = 0
-        self.obs[p] = self._frame(obs)
-        self.first[p] = first
+        self._put("obs", p, self._frame(obs))
+        self._put("first", p, first)
         self.obs_written += 1
 
     def add(
@@ -241,46 +256,49 @@ class ReplayBuffer:
         p = self.pos
         term = np.asarray(terminated, dtype=bool)
         trunc = np.asarray(truncated, dtype=bool)
-        self.actions[p] = self._as_tensor(actions, torch.int64)
-        self.rewards[p] = self._as_tensor(rewards, torch.float32)
-        self.terminated[p] = self._as_tensor(term)
-        self.truncated[p] = self._as_tensor(trunc)
+        self._put("actions", p, actions)
+        self._put("rewards", p, rewards)
+        self._put("terminated", p, term)
+        self._put("truncated", p, trunc)
         # The step after a done one only carried the autoreset: never learn from it.
         valid_envs = np.flatnonzero(~self._last_done)
         k = len(valid_envs)
         if k:
             at = (self._ring_head + np.arange(k)) % self.capacity
-            self._valid_ring[self._as_tensor(at)] = self._as_tensor(p * self.num_envs + valid_envs)
+            self._put("_valid_ring", at, p * self.num_envs + valid_envs)
             self._ring_head += k
         self._valid_per_slot[p] = k
         started = self._last_reset
         self._last_done = term | trunc
         self._last_reset = self._last_done if resets is None else self._last_done & np.asarray(resets, dtype=bool)
-        self._write_obs(self._as_tensor(next_obs), first=self._as_tensor(started))
+        self._write_obs(next_obs, first=started)
 
     # ------------------------------------------------------------------ sampling
     def _gather_stacks(self, slots: Tensor, envs: Tensor) -> tuple[Tensor, Tensor]:
-        """Rebuild the frame stacks of the observations at ``slots`` and ``slots + 1``, padded at episode starts."""
-        k = self.frame_stack
+        """Rebuild the frame stacks of the observations at ``slots`` and ``slots + 1``, padded at episode starts.
+
+        Each stack is the ``k`` slots ending at its own slot. Slots before the newest episode start (``first``)
+        in that window belong to the previous episode: they take the start's frame (``reset`` padding) or
+        zeros (``zero``), as the env did. Only frame indices are computed per sample; the frames themselves
+        are copied once, by one ``index_select`` per stack (several times faster than advanced indexing).
+        """
+        k, n, b = self.frame_stack, self.num_envs, slots.shape[0]
+        frame_shape = self.obs.shape[2:]
+        flat_obs = self.obs.view(self.capacity, *frame_shape)  # row slot * num_envs + env
         offsets = torch.arange(-(k - 1), 2, device=self.device)  # window of k + 1 slots ending at slot + 1
         win = (slots[:, None] + offsets[None, :]) % self.slots  # [B, k + 1]
-        e = envs[:, None].expand_as(win)
-        first = self.first[win, e]  # [B, k + 1]
-        frames = self.obs[win, e]  # [B, k + 1, *frame]
-        pos = torch.arange(k + 1, device=self.device)
+        first = self.first.view(-1)[win * n + envs[:, None]]  # [B, k + 1]
+        pos = torch.arange(k, device=self.device)  # position inside one stack, oldest first
         stacks = []
         for i in range(2):  # i = 0: obs at slot, i = 1: next obs at slot + 1
-            f = first[:, i : i + k]  # [B, k]
-            p = pos[i : i + k] - i  # 0..k-1
-            # Position of the newest episode start inside this window (0 if none: nothing to pad).
-            start = (f.long() * p).amax(dim=1, keepdim=True)  # [B, 1]
-            src = torch.maximum(p[None, :].expand_as(f), start)  # frames before the start take its frame
-            st = frames[:, i : i + k].gather(
-                1, (src.view(*src.shape, *([1] * (frames.dim() - 2)))).expand(-1, -1, *frames.shape[2:])
-            )
+            # Position of the newest episode start inside this stack (0 if none: nothing to pad).
+            start = (first[:, i : i + k].long() * pos).amax(dim=1, keepdim=True)  # [B, 1]
+            src = win[:, i : i + k].gather(1, torch.maximum(pos[None, :], start))  # [B, k] source slots
+            st = flat_obs.index_select(0, (src * n + envs[:, None]).view(-1)).view(b, k, *frame_shape)
             if self.stack_padding == "zero":
-                pad = (p[None, :] < start).view(*src.shape, *([1] * (frames.dim() - 2)))
-                st = st.masked_fill(pad, 0)
+                # A multiply by a 0/1 frame mask: no host sync, and far cheaper than a broadcast masked_fill_.
+                keep = (pos[None, :] >= start).to(st.dtype).view(b, k, *([1] * len(frame_shape)))
+                st.mul_(keep)
             stacks.append(st)
         return stacks[0], stacks[1]
 

@@ -15,7 +15,7 @@ Three moments, each as early as what it checks allows:
    space, ``Box`` observations, and the exact replay buffer size. The networks check their own input shape
    (:class:`~dqnlab.networks.NetworkConfigError`) right after.
 
-All problems of one moment are reported together in one :class:`~dqnlab.errors.ConfigError`.
+Problems found together are reported together, in one :class:`~dqnlab.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -45,8 +45,6 @@ _ABSENT = object()
 LIGHTNING_CKPT_KEYS = ("pytorch-lightning_version", "global_step", "state_dict", "optimizer_states")
 # ckpt_path values Lightning resolves itself (`trainer.fit(ckpt_path="last")`): not files, not checked here.
 _LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
-# Replay storage per transition besides the observation: action int64, reward float32, four bool flags.
-_REPLAY_BYTES_PER_SLOT = 8 + 4 + 4
 
 
 @dataclass(frozen=True)
@@ -96,6 +94,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("torch_threads", int, "intra-op CPU threads", "1", low=1, nullable=True),
     Knob("env.num_envs", int, "parallel env copies", "1", low=1),
     Knob("env.max_episode_steps", int, "the episode time limit in env steps", "500", low=1, nullable=True),
+    Knob("env.frame_skip", int, "emulator frames per agent step", "4", low=1),
+    Knob("env.frame_stack", int, "frames per observation", "4", low=1),
+    Knob("env.repeat_action_probability", float, "the sticky-action probability", "0.25", **_PROB),
     Knob("optimizer.lr", float, "the learning rate", "1e-3", low=0.0, low_open=True),
     Knob("optimizer.eps", float, "the optimizer's denominator epsilon", "1e-8", low=0.0),
     Knob("optimizer.weight_decay", float, "the weight decay", "0", low=0.0),
@@ -215,28 +216,28 @@ def _check_relations(v: dict[str, float]) -> list[str]:
     bs, cap, ls = v.get("algo.batch_size"), v.get("buffer.capacity"), v.get("collector.learning_starts")
     if bs is not None and cap is not None and bs > cap:
         problems.append(
-            f"algo.batch_size={bs:g} is larger than buffer.capacity={cap:g} transitions: lower algo.batch_size "
-            f"or raise buffer.capacity to at least {bs:g}"
+            f"algo.batch_size={bs} is larger than buffer.capacity={cap} transitions: lower algo.batch_size "
+            f"or raise buffer.capacity to at least {bs}"
         )
     if bs is not None and ls is not None and ls < bs:
         problems.append(
-            f"collector.learning_starts={ls:g} env steps is smaller than algo.batch_size={bs:g}: the first "
+            f"collector.learning_starts={ls} env steps is smaller than algo.batch_size={bs}: the first "
             f"updates would draw the same few transitions again and again; raise collector.learning_starts to "
-            f"at least {bs:g}"
+            f"at least {bs}"
         )
     steps, freq = v.get("env_steps"), v.get("collector.train_freq", 1)
     if steps is not None and ls is not None and steps < ls + freq:
         problems.append(
-            f"env_steps={steps:g} leaves no update after the random prefill of collector.learning_starts={ls:g} "
-            f"env steps (an update phase takes collector.train_freq={freq:g}): raise env_steps to at least "
-            f"{ls + freq:g} or lower collector.learning_starts"
+            f"env_steps={steps} leaves no update after the random prefill of collector.learning_starts={ls} "
+            f"env steps (an update phase takes collector.train_freq={freq}): raise env_steps to at least "
+            f"{ls + freq} or lower collector.learning_starts"
         )
     num_envs, stack = v.get("env.num_envs", 1), v.get("buffer.frame_stack", 1)
     need_slots = max(2, stack + 1)
     if cap is not None and cap // num_envs < need_slots:
         problems.append(
-            f"buffer.capacity={cap:g} leaves {cap // num_envs:g} slot(s) per env for env.num_envs={num_envs:g}: "
-            f"raise buffer.capacity to at least {need_slots * num_envs:g}"
+            f"buffer.capacity={cap} leaves {cap // num_envs} slot(s) per env for env.num_envs={num_envs}: "
+            f"raise buffer.capacity to at least {need_slots * num_envs}"
         )
     return problems
 
@@ -321,18 +322,23 @@ def _check_devices(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def buffer_too_large(need: int, free: int, device: torch.device, capacity: int, at_least: bool = False) -> str:
+def buffer_too_large(
+    need: int, free: int, fraction: float, device: torch.device, capacity: int, at_least: bool = False
+) -> str:
     """The message for a replay buffer that does not fit: how much it needs, how much there is, what to do."""
+    fits = int(capacity * fraction * free / max(need, 1))
     return (
         f"buffer.capacity={capacity:_} transitions needs {'at least ' if at_least else ''}{_gib(need)} on "
-        f"{device} but only {_gib(free)} is free: lower buffer.capacity (it fits about "
-        f"{capacity * free // max(need, 1):_} transitions), or put the buffer elsewhere with buffer.device"
+        f"{device} but only {_gib(free)} is free (buffer.memory_fraction={fraction:g} of it may be used): lower "
+        f"buffer.capacity to at most about {fits:_}, or put the buffer elsewhere with buffer.device"
     )
 
 
-def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None) -> list[str]:
+def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None, num_envs: float | None) -> list[str]:
     """A buffer too large even with 1-byte observations fails here, before the env is built."""
-    from dqnlab.replay import available_memory_bytes
+    import torch
+
+    from dqnlab.replay import ReplayBuffer, available_memory_bytes
 
     if capacity is None:
         return []
@@ -340,9 +346,10 @@ def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None) -> list[s
     free = available_memory_bytes(device)  # a CUDA device without CUDA was rejected by _check_devices
     fraction = _select(cfg, "buffer.memory_fraction")
     fraction = 0.9 if fraction in (_ABSENT, None) else float(fraction)
-    need = int(capacity) * (_REPLAY_BYTES_PER_SLOT + 1)
+    n = int(num_envs or 1)
+    need = ReplayBuffer.nbytes_for(int(capacity) // n, n, (), torch.uint8)  # () of uint8: a 1-byte observation
     if free is not None and need > fraction * free:
-        return [buffer_too_large(need, free, device, int(capacity), at_least=True)]
+        return [buffer_too_large(need, free, fraction, device, int(capacity), at_least=True)]
     return []
 
 
@@ -416,7 +423,10 @@ def _raise_all(problems: list[str]) -> None:
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Check the composed config before anything is built; raise one :class:`ConfigError` listing every problem.
+    """Check the composed config before anything is built; raise one :class:`ConfigError` listing the problems.
+
+    The import-free checks (required values, ranges, relations, choices) run first and report together; the
+    checks that import torch and the ``_target_``s (unknown keys, devices, memory, checkpoint) run once they pass.
 
     Args:
         cfg: The composed config of ``conf/train.yaml`` (with or without its ``hydra`` node).
@@ -435,10 +445,13 @@ def validate_config(cfg: DictConfig) -> None:
             valid[knob.key] = value
     problems += _check_relations(valid)
     problems += _check_choices(cfg)
+    # The checks above import nothing, so a mistyped number fails in under a second; the ones below import
+    # torch and every _target_ (Lightning alone takes seconds), so they run once those pass.
+    _raise_all(problems)
     problems += _check_targets(raw)
     problems += _check_devices(cfg)
     if not problems:  # the memory estimate needs a sane device and capacity
-        problems += _check_buffer_lower_bound(cfg, valid.get("buffer.capacity"))
+        problems += _check_buffer_lower_bound(cfg, valid.get("buffer.capacity"), valid.get("env.num_envs"))
     ckpt_path = _select(cfg, "ckpt_path")
     if isinstance(ckpt_path, str):
         problems += check_checkpoint(ckpt_path)
@@ -488,8 +501,9 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
     need = ReplayBuffer.nbytes_for(slots, env.num_envs, frame_shape, obs_dtype)
     device = _buffer_device(cfg)
     free = available_memory_bytes(device)
-    if free is not None and need > float(cfg.buffer.get("memory_fraction", 0.9)) * free:
-        raise BufferTooLargeError(buffer_too_large(need, free, device, capacity))
+    fraction = float(cfg.buffer.get("memory_fraction", 0.9))
+    if free is not None and need > fraction * free:
+        raise BufferTooLargeError(buffer_too_large(need, free, fraction, device, capacity))
 
 
 class ValidateOnStart(Callback):

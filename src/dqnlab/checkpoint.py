@@ -1,0 +1,425 @@
+"""Checkpoints that resume a run exactly, written atomically; SIGINT/SIGTERM save one and stop cleanly.
+
+What a checkpoint holds (Lightning's keys plus ours), and who puts it there:
+
+- ``state_dict``: online and target networks (:class:`~dqnlab.module.DQNModule`); ``optimizer_states`` and
+  ``loops`` (``global_step`` = gradient steps): Lightning.
+- ``callbacks["EnvStepper"]``: env-step counter (the epsilon schedule follows it), exploration RNG, episode
+  bookkeeping, the current observations and the replay buffer with its sampling generator
+  (:class:`~dqnlab.collect.EnvStepper`); the buffer is left out with ``checkpoint.save_buffer=false``.
+- ``callbacks["TargetNetworkSync"]``, ``callbacks["Evaluator"]``: their schedules.
+- ``callbacks["ResumeState"]``: Python, NumPy and torch RNG states and the training env's own state
+  (:class:`ResumeState`); ``dqnlab["config"]``: the resolved config, so ``scripts/evaluate.py`` rebuilds the
+  env and network from the checkpoint alone.
+
+Lightning restores callback states by ``state_key``, the class name for these callbacks, so the keys stay
+stable across runs whatever their settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from fsspec.utils import get_protocol
+from gymnasium.vector import SyncVectorEnv, VectorEnv
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+from dqnlab.collect import EnvStepper
+from dqnlab.io import atomic_open
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+# Config keys that may differ between a run and its resume without changing what is trained.
+_RESUME_IGNORED_KEYS = ("paths.", "hydra.", "logger.", "checkpoint.", "ckpt_path", "progress_bar", "torch_threads")
+
+
+# ---------------------------------------------------------------------------------------------- writing
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, streaming to a temp file beside the target and renaming it into place.
+
+    Lightning's own ``_atomic_save`` serializes the whole checkpoint into memory first (twice the replay
+    buffer's size) and, on local disks, its fsspec transaction stages the file in the system temp dir and
+    *moves* it, which is a copy, not an atomic rename, when that dir is on another file system. Here a
+    reader, a crash or a kill sees the old file or the complete new one, never a half-written one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to ``path`` atomically (remote paths go through Lightning's writer)."""
+        if storage_options is not None or get_protocol(str(path)) not in ("file", "local"):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
+
+
+# ---------------------------------------------------------------------------------------------- RNG and env state
+def collect_rng_states() -> dict[str, Any]:
+    """The global RNG states of Python, NumPy and torch (CPU, and CUDA when it is in use)."""
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`collect_rng_states` returned."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# SyncVectorEnv's own per-step state besides its sub-envs (gymnasium 1.x attribute names).
+_SYNC_VECTOR_FIELDS = ("_env_obs", "_observations", "_rewards", "_terminations", "_truncations", "_autoreset_envs")
+
+
+def save_env_state(env: VectorEnv) -> tuple[bytes | None, str]:
+    """The exact state of a vector env as bytes, or ``(None, why not)``.
+
+    A gymnasium ``SyncVectorEnv`` of pure-Python envs (CartPole, Acrobot, ...) is pickled whole: each sub-env
+    with its wrappers, physics state, step counters and ``np_random`` generator. Envs in other processes
+    (``vectorization=async``) and native emulators (ale-py's vector env) cannot be captured; a resume from such
+    a checkpoint starts new episodes.
+    """
+    if not isinstance(env, SyncVectorEnv):
+        return None, f"{type(env).__name__} keeps its state outside Python (another process or native code)"
+    try:
+        fields = {name: getattr(env, name) for name in _SYNC_VECTOR_FIELDS if hasattr(env, name)}
+        return pickle.dumps({"envs": env.envs, "fields": fields}), ""
+    except Exception as e:  # an env holding a native handle or a window: any pickling error means "cannot"
+        return None, f"its sub-envs cannot be pickled ({type(e).__name__}: {e})"
+
+
+def load_env_state(env: VectorEnv, blob: bytes) -> bool:
+    """Put the state from :func:`save_env_state` into ``env``; ``False`` if it does not fit this env."""
+    state = pickle.loads(blob)
+    if not isinstance(env, SyncVectorEnv) or len(state["envs"]) != env.num_envs:
+        return False
+    for old in env.envs:
+        old.close()
+    env.envs = list(state["envs"])
+    for name, value in state["fields"].items():
+        setattr(env, name, value)
+    return True
+
+
+class ResumeState(Callback):
+    """Checkpoints what no other part owns: global RNG states, the training env's state and the config.
+
+    Put it first in the callback list: it restores the global RNG states at the first training batch after a
+    resume, before anything else draws from them, which is the point where they were saved (the end of the
+    previous gradient step).
+
+    Args:
+        collector: The env stepper (its env is the one saved; its buffer and episodes are restarted when the
+            env or the buffer could not be restored).
+        config: The resolved run config, stored as ``checkpoint["dqnlab"]["config"]``.
+
+    """
+
+    def __init__(self, collector: EnvStepper, config: dict[str, Any] | None = None) -> None:
+        self.collector = collector
+        self.config = config
+        self._pending_rng: dict[str, Any] | None = None
+        self._restored = False
+        self._env_restored = False
+        self._has_buffer = True
+        self._warned_env = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """RNG states and the env state (``None`` when the env cannot be saved)."""
+        blob, why = save_env_state(self.collector.env)
+        if blob is None and not self._warned_env:
+            self._warned_env = True
+            log.warning("the training env's state is not saved in checkpoints: %s; a resume starts new episodes", why)
+        return {"rng": collect_rng_states(), "env": blob}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the env now; keep the RNG states for the first training batch."""
+        self._restored = True
+        self._pending_rng = state_dict.get("rng")
+        blob = state_dict.get("env")
+        self._env_restored = blob is not None and load_env_state(self.collector.env, blob)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Store the resolved config where ``scripts/evaluate.py`` finds it."""
+        checkpoint["dqnlab"] = {"config": self.config, "format": 1}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Note whether the checkpoint holds the replay buffer (``checkpoint.save_buffer``)."""
+        self._has_buffer = "buffer" in checkpoint.get("callbacks", {}).get(self.collector.state_key, {})
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After a resume whose env or buffer was not saved, start new episodes (and refill the buffer)."""
+        if not self._restored:
+            return
+        c = self.collector
+        if not self._has_buffer:
+            log.warning(
+                "resuming from a checkpoint without the replay buffer (checkpoint.save_buffer=false): the envs "
+                "restart and %d env steps of the current policy refill the buffer before training goes on; "
+                "the resumed run is not identical to an uninterrupted one",
+                c.learning_starts,
+            )
+        elif not self._env_restored:
+            log.warning(
+                "resuming without the training env's state (not saved for this env): the envs restart and the "
+                "run continues from new episodes; the unfinished episodes are dropped"
+            )
+        if not (self._env_restored and self._has_buffer):
+            c.restart_episodes(seed=c.seed + c.env_steps)  # a new seed: the first episodes are not replayed
+        if not self._has_buffer:
+            # Counted as env steps: the budget stays env_steps, the collector is ahead until updates catch up.
+            c.step_until(pl_module, c.env_steps + c.learning_starts)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """At the first step after a resume, restore the global RNG states (after the dataloader drew a seed)."""
+        if self._pending_rng is not None:
+            set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+
+# ---------------------------------------------------------------------------------------------- the checkpoint callback
+class Interrupted(SystemExit):
+    """Training stopped on a signal after saving a checkpoint; exits with ``128 + signal``, like a shell.
+
+    A ``SystemExit``: Hydra and Lightning let it through, ``finally`` blocks run (envs close, W&B finishes),
+    and the process ends with status 130 (SIGINT) or 143 (SIGTERM) without a traceback.
+    """
+
+    def __init__(self, signum: int, checkpoint: str, env_steps: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.checkpoint = checkpoint
+        self.env_steps = env_steps
+
+    def __str__(self) -> str:
+        """The message: what happened and how to go on."""
+        return (
+            f"stopped by {signal.Signals(self.signum).name} at env step {self.env_steps}: saved {self.checkpoint}; "
+            f"resume with `python train.py ckpt_path={self.checkpoint}` and the same overrides"
+        )
+
+
+class DQNCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` paced in env steps, plus ``last.ckpt``, signal handling and buffer control.
+
+    - Every ``every`` env steps (converted to gradient steps with the collector's replay ratio) it writes
+      ``env_steps=N.ckpt`` (``keep`` of them are kept) and refreshes ``last.ckpt``; at the end of training it
+      writes ``last.ckpt`` once more. Files are written atomically by :class:`AtomicCheckpointIO`.
+    - On SIGINT or SIGTERM during training it finishes the current gradient step, writes ``last.ckpt`` and raises
+      :class:`Interrupted` (exit status 130 or 143, no final evaluation, no ``summary.json``). A second signal
+      stops at once without saving.
+
+    Args:
+        collector: The env stepper (env-step counter and replay ratio).
+        dirpath: Directory of the checkpoint files.
+        every: Env steps between checkpoints (0: only ``last.ckpt`` at the end and on a signal).
+        keep: Periodic ``env_steps=N.ckpt`` files kept: -1 all, 1 the newest, 0 none (``last.ckpt`` only).
+        save_buffer: Include the replay buffer (the only way to an exact resume; it may be gigabytes).
+        handle_signals: Save and stop on SIGINT/SIGTERM (main thread only).
+
+    """
+
+    def __init__(
+        self,
+        collector: EnvStepper,
+        dirpath: str,
+        every: int = 10_000,
+        keep: int = -1,
+        save_buffer: bool = True,
+        handle_signals: bool = True,
+    ) -> None:
+        if every < 0:
+            raise ValueError(f"checkpoint.every must be >= 0 env steps, got {every}")
+        if keep not in (-1, 0, 1):
+            raise ValueError(f"checkpoint.keep must be -1 (all), 0 (none) or 1 (the newest), got {keep}")
+        # env steps per gradient step = train_freq / gradient_steps (the collector's replay ratio, inverted)
+        n = max(1, round(every * collector.gradient_steps / collector.train_freq)) if every else 0
+        super().__init__(
+            dirpath=dirpath,
+            filename="{env_steps}",
+            save_last=True,
+            save_top_k=keep if every else 0,
+            every_n_train_steps=n,
+            every_n_epochs=0,
+            enable_version_counter=False,  # a resume in the same dir overwrites last.ckpt, never last-v1.ckpt
+        )
+        self.collector = collector
+        self.every_env_steps = int(every)
+        self.save_buffer = bool(save_buffer)
+        self.handle_signals = bool(handle_signals)
+        self._signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._warned_buffer = False
+
+    @property
+    def last_path(self) -> Path:
+        """Where ``last.ckpt`` goes."""
+        return Path(str(self.dirpath)) / LAST
+
+    # ------------------------------------------------------------------ what goes in
+    def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+        # File names in env steps ("env_steps=20000.ckpt"): gradient steps are not what a user counts.
+        candidates = super()._monitor_candidates(trainer)
+        candidates["env_steps"] = torch.tensor(self.collector.env_steps)
+        return candidates
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Drop the replay buffer from the checkpoint when ``save_buffer`` is off (warned once)."""
+        if self.save_buffer:
+            return
+        collector_state = checkpoint.get("callbacks", {}).get(self.collector.state_key, {})
+        collector_state.pop("buffer", None)
+        if not self._warned_buffer:
+            self._warned_buffer = True
+            log.warning(
+                "checkpoints leave out the replay buffer (checkpoint.save_buffer=false): a resume refills %d env "
+                "steps and does not reproduce the uninterrupted run",
+                self.collector.learning_starts,
+            )
+
+    def save_last(self, trainer: pl.Trainer) -> str:
+        """Write ``last.ckpt`` now (unless it already holds this gradient step); return its path."""
+        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        return self.last_model_path
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._signal is not None:  # second signal: the user does not want to wait
+            self._restore_signal_handlers()
+            raise KeyboardInterrupt
+        self._signal = signum
+        log.warning(
+            "%s received: saving a checkpoint after this gradient step, then stopping (send it again to stop at "
+            "once without saving)",
+            signal.Signals(signum).name,
+        )
+
+    def _install_signal_handlers(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Install the SIGINT/SIGTERM handlers for the training loop (after Lightning registered its own)."""
+        super().on_train_start(trainer, pl_module)
+        self._signal = None
+        self._install_signal_handlers()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """Periodic checkpoint; after a signal, ``last.ckpt`` and :class:`Interrupted`.
+
+        Lightning runs checkpoint callbacks after all others, so what is saved is the state at the end of
+        this gradient step, every other callback's hooks included.
+        """
+        super().on_train_batch_end(trainer, pl_module, *args)
+        if self._signal is None:
+            return
+        signum, self._signal = self._signal, None
+        self._restore_signal_handlers()
+        path = self.save_last(trainer)
+        stop = Interrupted(signum, path, self.collector.env_steps)
+        log.warning("%s", stop)
+        raise stop
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Training is over: Ctrl-C during the final evaluation stops at once again."""
+        super().on_train_epoch_end(trainer, pl_module)
+        self._restore_signal_handlers()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the final ``last.ckpt`` (after the final evaluation, which it then includes)."""
+        self._restore_signal_handlers()
+        self.save_last(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """Put the previous signal handlers back."""
+        self._restore_signal_handlers()
+        super().on_exception(trainer, pl_module, exception)
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None:
+    """The file to resume from: ``ckpt_path`` itself, or for ``last`` the run dir's ``checkpoints/last.ckpt``.
+
+    ``last`` without a ``last.ckpt`` starts fresh (logged): a requeued or repeated job command then resumes
+    when there is something to resume and starts otherwise.
+    """
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        return str(Path(ckpt_path).expanduser())
+    last = checkpoint_dir / LAST
+    if last.is_file():
+        return str(last)
+    log.info("ckpt_path=last: no %s yet, starting fresh", last)
+    return None
+
+
+def peek_checkpoint(path: str) -> dict[str, Any]:
+    """The small parts of a checkpoint (counters, config) without reading its tensors (memory-mapped)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError:  # mmap needs torch.save's zip format; older files load the plain way
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    collector = ckpt.get("callbacks", {}).get(EnvStepper.__qualname__, {})
+    return {
+        "env_steps": int(collector.get("env_steps", 0)),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "config": (ckpt.get("dqnlab") or {}).get("config"),
+    }
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def config_changes(saved: Mapping[str, Any] | None, cfg: DictConfig) -> list[str]:
+    """``key: old -> new`` for each training-relevant config value that differs from the checkpoint's run."""
+    if not saved:
+        return []
+    old = _flatten(saved)
+    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
+        for k in keys
+        if old.get(k) != new.get(k) and not k.startswith(_RESUME_IGNORED_KEYS)
+    ]

@@ -1,0 +1,162 @@
+"""Experiment tracking: the W&B logger (named after the Hydra job, never hanging offline), media, resumed CSVs."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+
+from dqnlab.errors import ConfigError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+_WANDB_TAG_MAX = 64  # characters; W&B rejects longer tags
+
+
+def hydra_job_identity() -> tuple[str | None, list[str], str | None]:
+    """``(name, tags, group)`` of the current Hydra job: its overrides, and the sweep dir under ``-m``.
+
+    The name is ``job.override_dirname`` (``optimizer.lr=0.0003,seed=1``), so every job of a sweep is one
+    recognisable W&B run; the overrides are also tags for filtering, and jobs of one sweep share a group.
+    Outside Hydra (the compose API, a notebook) all three are empty.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, [], None
+    hc = HydraConfig.get()
+    overrides = [str(o) for o in hc.overrides.task if not str(o).startswith(("hydra.", "paths."))]
+    name = hc.job.get("override_dirname") or hc.job.name
+    group = Path(str(hc.sweep.dir)).as_posix()[-128:] if hc.mode == RunMode.MULTIRUN else None
+    return name, [o for o in overrides if len(o) <= _WANDB_TAG_MAX], group
+
+
+def make_wandb_logger(
+    project: str = "dqnlab",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    mode: str | None = None,
+    name: str | None = None,
+    save_dir: str = ".",
+    job_type: str = "train",
+    notes: str | None = None,
+    log_model: bool = False,
+    init_timeout: float = 10.0,
+    offline_fallback: bool = True,
+) -> WandbLogger:
+    """Start a W&B run and wrap it in Lightning's ``WandbLogger`` (``conf/logger/wandb.yaml``).
+
+    The run starts here rather than at the first logged metric, so that a W&B that cannot start online (no API
+    key, no network) is known before training: it then logs offline to ``save_dir`` with a warning (upload
+    later with ``wandb sync``), or with ``offline_fallback=false`` fails at once naming ``WANDB_MODE=offline``.
+    Login prompts and the server handshake are bounded by ``init_timeout``, so a batch job never waits on
+    stdin or a dead network.
+
+    Args:
+        project: W&B project.
+        entity: W&B user or team (``None``: the account's default).
+        group: Run group (``None``: the sweep dir under ``-m``, so a sweep's jobs are grouped).
+        tags: Extra tags; the job's overrides are added.
+        mode: ``online``, ``offline`` or ``disabled`` (``None``: ``WANDB_MODE``, else ``online``).
+        name: Run name (``None``: the job's overrides, e.g. ``optimizer.lr=0.0003,seed=1``).
+        save_dir: Where the run's files go (``<run dir>/wandb``).
+        job_type: W&B job type.
+        notes: Free-text run notes.
+        log_model: Upload checkpoints as W&B artifacts at the end (they hold the replay buffer: large).
+        init_timeout: Seconds W&B may take to log in and reach its server, per attempt.
+        offline_fallback: Log offline when W&B cannot start online; ``False`` raises instead.
+
+    """
+    try:
+        import wandb
+    except ImportError as e:
+        raise MissingExtraError("logger=wandb needs wandb: pip install 'dqnlab[wandb]'") from e
+
+    job_name, job_tags, job_group = hydra_job_identity()
+    effective_mode = mode or os.environ.get("WANDB_MODE") or "online"
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    init: dict[str, Any] = {
+        "project": project,
+        "entity": entity,
+        "group": group or job_group,
+        "tags": list(dict.fromkeys([*(tags or []), *job_tags])),
+        "name": name or job_name,
+        "dir": save_dir,
+        "job_type": job_type,
+        "notes": notes,
+        "settings": wandb.Settings(init_timeout=init_timeout, login_timeout=init_timeout),
+    }
+    try:
+        run = wandb.init(mode=effective_mode, **init)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if effective_mode != "online" or not offline_fallback:
+            raise ConfigError(
+                f"W&B could not start ({reason}): run with WANDB_MODE=offline (or logger.wandb.mode=offline) and "
+                "upload later with `wandb sync`, log in with `wandb login`, or pick another logger"
+            ) from e
+        log.warning(
+            "W&B could not start online (%s): logging offline to %s/wandb instead; upload later with "
+            "`wandb sync %s/wandb/offline-run-*`. Set WANDB_MODE=offline to skip the online attempt.",
+            reason,
+            save_dir,
+            save_dir,
+        )
+        run = wandb.init(mode="offline", **init)
+    # Every row dqnlab logs carries env_steps: make it the x axis of every chart.
+    run.define_metric("env_steps")
+    run.define_metric("*", step_metric="env_steps")
+    return WandbLogger(experiment=run, project=project, save_dir=save_dir, log_model=log_model)
+
+
+def finish_wandb(failed: bool = False) -> None:
+    """End the current W&B run, if any: one W&B run per Hydra job, even when jobs share a process."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_video(loggers: Iterable[Logger], key: str, path: Path, env_steps: int, fps: int) -> None:
+    """Log an mp4 as media where the logger supports it (W&B); the file itself stays in the run dir."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.experiment.log({key: wandb.Video(str(path), fps=fps, format="mp4"), "env_steps": env_steps})
+
+
+def read_metric_rows(path: Path, max_step: int) -> list[dict[str, Any]]:
+    """Rows of a CSV logger's ``metrics.csv`` with ``step <= max_step``, empty cells dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.get("step") or 0))
+            if step <= max_step:
+                rows.append({k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)} | {"step": step})
+    return rows
+
+
+def carry_over_csv_rows(loggers: Iterable[Logger], rows: list[dict[str, Any]]) -> None:
+    """Write the rows of an earlier run into each CSV logger again.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts, so a run resumed in its own run
+    dir would lose the history before the checkpoint; the rows up to the checkpoint's env step are read first
+    and written back here.
+    """
+    if not rows:
+        return
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            for row in rows:
+                logger.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+            logger.save()
