@@ -75,7 +75,7 @@ CLI_CASES: dict[str, Case] = {
             "algo.gamma=1.5",
             "collector.epsilon_end=2",
             "collector.exploration_fraction=-0.1",
-            "+algo.n_step=0",
+            "algo.n_step=0",
         ],
         2,
         [

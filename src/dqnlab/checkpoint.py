@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from dqnlab.collect import EnvStepper
+from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,16 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 # Config keys that may differ between a run and its resume without changing what is trained.
-_RESUME_IGNORED_KEYS = ("paths.", "hydra.", "logger.", "checkpoint.", "ckpt_path", "progress_bar", "torch_threads")
+_RESUME_IGNORED_KEYS = (
+    "paths.",
+    "hydra.",
+    "logger.",
+    "checkpoint.",
+    "ckpt_path",
+    "progress_bar",
+    "torch_threads",
+    "trainer.default_root_dir",
+)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -225,7 +235,7 @@ class DQNCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` paced in env steps, plus ``last.ckpt``, signal handling and buffer control.
 
     - Every ``every`` env steps (converted to gradient steps with the collector's replay ratio) it writes
-      ``env_steps=N.ckpt`` (``keep`` of them are kept) and refreshes ``last.ckpt``; at the end of training it
+      ``env_steps_N.ckpt`` (``keep`` of them are kept) and refreshes ``last.ckpt``; at the end of training it
       writes ``last.ckpt`` once more. Files are written atomically by :class:`AtomicCheckpointIO`.
     - On SIGINT or SIGTERM during training it finishes the current gradient step, writes ``last.ckpt`` and raises
       :class:`Interrupted` (exit status 130 or 143, no final evaluation, no ``summary.json``). A second signal
@@ -235,7 +245,7 @@ class DQNCheckpoint(ModelCheckpoint):
         collector: The env stepper (env-step counter and replay ratio).
         dirpath: Directory of the checkpoint files.
         every: Env steps between checkpoints (0: only ``last.ckpt`` at the end and on a signal).
-        keep: Periodic ``env_steps=N.ckpt`` files kept: -1 all, 1 the newest, 0 none (``last.ckpt`` only).
+        keep: Periodic ``env_steps_N.ckpt`` files kept: -1 all, 1 the newest, 0 none (``last.ckpt`` only).
         save_buffer: Include the replay buffer (the only way to an exact resume; it may be gigabytes).
         handle_signals: Save and stop on SIGINT/SIGTERM (main thread only).
 
@@ -251,14 +261,17 @@ class DQNCheckpoint(ModelCheckpoint):
         handle_signals: bool = True,
     ) -> None:
         if every < 0:
-            raise ValueError(f"checkpoint.every must be >= 0 env steps, got {every}")
+            raise ConfigError(f"checkpoint.every={every} must be >= 0 env steps (0 = only last.ckpt)")
         if keep not in (-1, 0, 1):
-            raise ValueError(f"checkpoint.keep must be -1 (all), 0 (none) or 1 (the newest), got {keep}")
+            # Lightning keeps "the k best" only by a monitored metric; by time it knows all, none or the newest.
+            raise ConfigError(f"checkpoint.keep={keep} is not supported: use -1 (all), 0 (none) or 1 (the newest)")
         # env steps per gradient step = train_freq / gradient_steps (the collector's replay ratio, inverted)
         n = max(1, round(every * collector.gradient_steps / collector.train_freq)) if every else 0
         super().__init__(
             dirpath=dirpath,
-            filename="{env_steps}",
+            # env_steps_20000.ckpt: no "=" in the name, which Hydra overrides would need quoted (ckpt_path=...)
+            filename="env_steps_{env_steps}",
+            auto_insert_metric_name=False,
             save_last=True,
             save_top_k=keep if every else 0,
             every_n_train_steps=n,
@@ -280,7 +293,7 @@ class DQNCheckpoint(ModelCheckpoint):
 
     # ------------------------------------------------------------------ what goes in
     def _monitor_candidates(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
-        # File names in env steps ("env_steps=20000.ckpt"): gradient steps are not what a user counts.
+        # File names in env steps (env_steps_20000.ckpt): gradient steps are not what a user counts.
         candidates = super()._monitor_candidates(trainer)
         candidates["env_steps"] = torch.tensor(self.collector.env_steps)
         return candidates
@@ -299,7 +312,7 @@ class DQNCheckpoint(ModelCheckpoint):
                 self.collector.learning_starts,
             )
 
-    def save_last(self, trainer: pl.Trainer) -> str:
+    def write_last(self, trainer: pl.Trainer) -> str:
         """Write ``last.ckpt`` now (unless it already holds this gradient step); return its path."""
         if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
@@ -349,7 +362,7 @@ class DQNCheckpoint(ModelCheckpoint):
             return
         signum, self._signal = self._signal, None
         self._restore_signal_handlers()
-        path = self.save_last(trainer)
+        path = self.write_last(trainer)
         stop = Interrupted(signum, path, self.collector.env_steps)
         log.warning("%s", stop)
         raise stop
@@ -362,7 +375,7 @@ class DQNCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the final ``last.ckpt`` (after the final evaluation, which it then includes)."""
         self._restore_signal_handlers()
-        self.save_last(trainer)
+        self.write_last(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Put the previous signal handlers back."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,10 @@ class Evaluator(Callback):
         epsilon: Exploration during evaluation (0.05 on Atari as in Nature/CleanRL; 0 = fully greedy).
         num_envs: Parallel env copies for evaluation (default: one per episode, capped at 32).
         seed: Seed of the evaluation env and its exploration RNG.
+        video: After each evaluation, film one more greedy episode to ``video_dir`` (mp4; W&B logs it as media).
+        video_fps: Frames per second of the videos.
+        video_dir: Where videos go (set by ``dqnlab.train.build``: ``<run dir>/videos``).
+        render_env_factory: Builds the single env that renders the video (set by ``dqnlab.train.build``).
 
     """
 
@@ -94,6 +99,10 @@ class Evaluator(Callback):
         epsilon: float = 0.0,
         num_envs: int | None = None,
         seed: int = 10_000,
+        video: bool = False,
+        video_fps: int = 30,
+        video_dir: str | None = None,
+        render_env_factory: Callable[[], VectorEnv] | None = None,
     ) -> None:
         if episodes < 1:
             raise ValueError(f"eval.episodes must be >= 1, got {episodes}")
@@ -108,6 +117,12 @@ class Evaluator(Callback):
         self._next_eval = self.every if self.every > 0 else None
         self.evaluations = 0
         self.final: dict[str, float] = {}
+        self.video = bool(video)
+        self.video_fps = int(video_fps)
+        self.video_dir = Path(video_dir) if video_dir else None
+        self.render_env_factory = render_env_factory
+        self._render_env: VectorEnv | None = None
+        self.videos: list[Path] = []
 
     @property
     def env(self) -> VectorEnv:
@@ -139,6 +154,35 @@ class Evaluator(Callback):
         row = {"env_steps": float(self.collector.env_steps), **metrics}
         for logger in trainer.loggers:
             logger.log_metrics(row, step=self.collector.env_steps)
+        if self.video:
+            self._film(trainer)
+
+    def _film(self, trainer: pl.Trainer) -> None:
+        """One more greedy episode on the render env, to ``<video_dir>/eval_env_steps_N.mp4`` and the loggers."""
+        from dqnlab.tracking import log_video
+        from dqnlab.video import record_episode
+
+        if self.render_env_factory is None or self.video_dir is None:
+            raise RuntimeError("eval.video=true needs render_env_factory and video_dir (set by dqnlab.train.build)")
+        if self._render_env is None:
+            self._render_env = self.render_env_factory()
+        module = trainer.lightning_module
+        device = module.device
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return module.greedy_actions(torch.as_tensor(obs, device=device)).cpu().numpy()
+
+        steps = self.collector.env_steps
+        path, _ = record_episode(
+            self._render_env,
+            policy,
+            self.video_dir / f"eval_env_steps_{steps}.mp4",
+            epsilon=self.epsilon,
+            seed=self.seed + 1000 * (self.evaluations - 1),  # the seed of the evaluation just logged
+            fps=self.video_fps,
+        )
+        self.videos.append(path)
+        log_video(trainer.loggers, "eval/video", path, steps, self.video_fps)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """Evaluate when the env-step counter passes the next multiple of ``every``."""
@@ -156,6 +200,9 @@ class Evaluator(Callback):
         if self._env is not None:
             self._env.close()
             self._env = None
+        if self._render_env is not None:
+            self._render_env.close()
+            self._render_env = None
 
     def state_dict(self) -> dict[str, Any]:
         """Evaluation schedule position."""

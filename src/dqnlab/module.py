@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from dqnlab.networks import has_noise, reset_noise
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
-from dqnlab.rl_math import dqn_loss, td_target
+from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class TDLoss(NamedTuple):
+    """What :meth:`DQNModule.td_loss` returns."""
+
+    loss: Tensor  # scalar, (importance-)weighted mean over the batch, with a graph
+    q_mean: Tensor  # scalar, mean Q(s, a) of the batch, detached
+    errors: Tensor  # [B] detached |TD error| (C51: KL to the target), the new priorities for prioritized replay
 
 
 class DQNModule(pl.LightningModule):
@@ -32,7 +41,18 @@ class DQNModule(pl.LightningModule):
         loss: ``mse`` (as in the seed algorithm) or ``huber`` (Nature's TD-error clipping).
         max_grad_norm: Clip the global gradient norm to this; ``None`` or 0 disables.
         double: Double DQN target (online net picks the next action, target net rates it).
+        lr_end_factor: Anneal the learning rate linearly over the run (gradient steps) to this fraction of
+            its initial value; 1.0 keeps it constant.
+        n_step: Length of the returns the replay buffer sums (env steps); passed to the buffer by
+            :func:`dqnlab.train.build`, which also gives it ``gamma``.
+        num_atoms: Atoms of a categorical return distribution (C51, Bellemare et al. 2017); 1 = expected
+            Q-values. The network then outputs ``[B, A, num_atoms]`` logits and ``loss`` must be
+            ``cross_entropy``.
+        v_min: Smallest atom (return units) when ``num_atoms > 1``.
+        v_max: Largest atom (return units) when ``num_atoms > 1``.
 
+    Noisy networks (``network.noisy=true``) need no switch here: their noise is resampled before every update
+    (online and target networks independently) and every acting step (:meth:`greedy_actions`).
     """
 
     def __init__(
@@ -44,10 +64,22 @@ class DQNModule(pl.LightningModule):
         loss: str = "mse",
         max_grad_norm: float | None = None,
         double: bool = False,
+        lr_end_factor: float = 1.0,
+        n_step: int = 1,
+        num_atoms: int = 1,
+        v_min: float = -10.0,
+        v_max: float = 10.0,
     ) -> None:
         super().__init__()
-        if loss not in ("mse", "huber"):
-            raise ValueError(f"algo.loss={loss!r} is not known: use mse or huber")
+        if loss not in ("mse", "huber", "cross_entropy"):
+            raise ValueError(f"algo.loss={loss!r} is not known: use mse, huber or cross_entropy (C51)")
+        if (num_atoms > 1) != (loss == "cross_entropy"):
+            raise ValueError(
+                f"algo.loss={loss} with algo.num_atoms={num_atoms}: a distributional learner (num_atoms > 1) "
+                "takes loss=cross_entropy and only it does; use algo=c51 or algo=dqn"
+            )
+        if num_atoms > 1 and not v_min < v_max:
+            raise ValueError(f"algo.v_min={v_min} must be below algo.v_max={v_max}")
         self.automatic_optimization = False
         self.q_net = network
         self.target_net = copy.deepcopy(network).requires_grad_(False)
@@ -57,50 +89,101 @@ class DQNModule(pl.LightningModule):
         self.loss_kind = loss
         self.max_grad_norm = float(max_grad_norm) if max_grad_norm else 0.0
         self.double = bool(double)
+        self.lr_end_factor = float(lr_end_factor)
+        self.n_step = int(n_step)
+        self.num_atoms = int(num_atoms)
+        self.noisy = has_noise(network)
+        # The atoms z_i (return units); not persistent: they follow from the config.
+        self.register_buffer("support", torch.linspace(v_min, v_max, max(self.num_atoms, 2)), persistent=False)
         self.buffer: ReplayBuffer | None = None
+        self._update_priorities: Callable[[Tensor, Tensor], None] | None = None
         # Loss and Q(s, a) summed on the device and read rarely (see pop_metrics): no host sync per step.
         self.register_buffer("_metric_sums", torch.zeros(2), persistent=False)
         self._metric_count = 0
 
     def attach_buffer(self, buffer: ReplayBuffer) -> None:
-        """Give the module the replay buffer its dataloader samples from."""
+        """Give the module the replay buffer its dataloader samples from (and, if it has priorities, update them)."""
+        if buffer.n_step != self.n_step or (buffer.n_step > 1 and buffer.gamma != self.gamma):
+            raise ValueError(
+                f"the replay buffer sums {buffer.n_step}-step returns with gamma={buffer.gamma}, but the learner "
+                f"has algo.n_step={self.n_step} and algo.gamma={self.gamma}: build the buffer with the learner's"
+            )
         self.buffer = buffer
+        self._update_priorities = getattr(buffer, "update_priorities", None)
+
+    def q_values(self, out: Tensor) -> Tensor:
+        """Q-values ``[B, A]`` of a network output: itself, or the expectation of C51's ``[B, A, atoms]`` logits."""
+        return expected_q(out, self.support) if self.num_atoms > 1 else out
 
     def forward(self, obs: Tensor) -> Tensor:
-        """Online Q-values ``[B, num_actions]``."""
-        return self.q_net(obs)
+        """Online Q-values ``[B, num_actions]`` (expected values for a distributional network)."""
+        return self.q_values(self.q_net(obs))
 
     @torch.no_grad()
     def greedy_actions(self, obs: Tensor) -> Tensor:
-        """Argmax actions of the online network for a batch of observations (one per env)."""
-        return self.q_net(obs).argmax(dim=1)
+        """Argmax actions of the online network for a batch of observations (one per env).
 
-    def td_loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Loss of one minibatch and the mean ``Q(s, a)`` (detached), without touching the optimizer."""
+        A noisy network draws new noise first: with noisy nets the noise is the exploration (Fortunato et al.
+        2018), so each acting step gets its own.
+        """
+        if self.noisy:
+            reset_noise(self.q_net)
+        return self.forward(obs).argmax(dim=1)
+
+    def td_loss(self, batch: Batch) -> TDLoss:
+        """Loss of one minibatch, mean ``Q(s, a)`` and per-sample TD errors, without touching the optimizer.
+
+        The bootstrap is discounted by ``batch.discounts`` (``gamma ** m`` for m-step returns) and the loss
+        weighted by ``batch.weights`` (importance weights for prioritized replay).
+        """
         n = batch.obs.shape[0]
         if self.double:
             # One forward pass of the online net over s and s' together; s' only picks actions.
-            q_all = self.q_net(torch.cat([batch.obs, batch.next_obs]))
-            q, next_q_online = q_all[:n], q_all[n:].detach()
+            out_all = self.q_net(torch.cat([batch.obs, batch.next_obs]))
+            out, next_q_online = out_all[:n], self.q_values(out_all[n:].detach())
         else:
-            q, next_q_online = self.q_net(batch.obs), None
-        q_taken = q.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+            out, next_q_online = self.q_net(batch.obs), None
         with torch.no_grad():
-            next_q_target = self.target_net(batch.next_obs)
-            target = td_target(batch.rewards, batch.terminated, next_q_target, self.gamma, next_q_online)
+            next_target = self.target_net(batch.next_obs)
+        if self.num_atoms > 1:
+            return self._categorical_loss(out, next_target, next_q_online, batch)
+        q_taken = out.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            target = td_target(batch.rewards, batch.terminated, next_target, batch.discounts, next_q_online)
         loss = dqn_loss(q_taken, target, self.loss_kind, batch.weights)
-        return loss, q_taken.detach().mean()
+        q_taken = q_taken.detach()
+        return TDLoss(loss, q_taken.mean(), (q_taken - target).abs())
+
+    def _categorical_loss(
+        self, logits: Tensor, next_logits_target: Tensor, next_q_online: Tensor | None, batch: Batch
+    ) -> TDLoss:
+        """C51's loss (Bellemare et al. 2017): cross-entropy to the projected target distribution."""
+        index = batch.actions.view(-1, 1, 1).expand(-1, 1, self.num_atoms)
+        logits_taken = logits.gather(1, index).squeeze(1)  # [B, atoms]
+        target = categorical_td_target(
+            batch.rewards, batch.terminated, next_logits_target, batch.discounts, self.support, next_q_online
+        )
+        cross_entropy, kl = categorical_loss(logits_taken, target)
+        q_taken = expected_q(logits_taken.detach(), self.support)
+        return TDLoss((cross_entropy * batch.weights).mean(), q_taken.mean(), kl)
 
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
         """One TD update. The batch is drawn here, after the env-stepping callback has run for this step."""
         batch, _, _ = next(dataloader_iter)
         opt = self.optimizers()
-        loss, q_mean = self.td_loss(batch)
+        if self.noisy:  # independent noise for the online and the target network, new at every update
+            reset_noise(self.q_net)
+            reset_noise(self.target_net)
+        loss, q_mean, errors = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(self.q_net.parameters(), self.max_grad_norm)
         opt.step()
+        if self._update_priorities is not None:
+            self._update_priorities(batch.indices, errors)  # device ops only: no host sync
+        if self.lr_end_factor != 1.0:
+            self.lr_schedulers().step()  # manual optimization: Lightning leaves scheduler stepping to us
         self._metric_sums[0] += loss.detach()
         self._metric_sums[1] += q_mean
         self._metric_count += 1
@@ -126,9 +209,16 @@ class DQNModule(pl.LightningModule):
             self._metric_sums.copy_(sums)
             self._metric_count = int(count)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Optimizer over the online network only; the target network is never trained."""
-        return self.optimizer_factory(self.q_net.parameters())
+    def configure_optimizers(self) -> Any:
+        """Optimizer over the online network only (the target network is never trained), and the optional
+        linear learning-rate annealing over ``trainer.max_steps`` gradient steps."""
+        opt = self.optimizer_factory(self.q_net.parameters())
+        if self.lr_end_factor == 1.0:
+            return opt
+        sched = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=1.0, end_factor=self.lr_end_factor, total_iters=max(self.trainer.max_steps, 1)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:
         """Minibatches sampled from the replay buffer, on its device, in this process."""

@@ -16,6 +16,17 @@ they are written; slots are overwritten in the same order, so retiring the oldes
 entries. Uniform sampling over valid transitions is then one ``randint`` and one lookup: exact, no
 rejection loop, no host sync.
 
+N-step returns. With ``n_step > 1`` the return ``sum_{k<m} gamma^k r_{t+k}`` is summed at sample time from the
+same stream's next slots (one gather of ``[B, n]`` windows, no loop per sample). The window stops after a
+terminated or truncated step (the autoreset transition after it is never summed) and before a step whose next
+observation starts an episode (``first``: an autoreset, or a restart of the envs mid-run). A window that meets
+termination does not bootstrap; otherwise ``next_obs`` is the observation at slot ``t + m`` and the batch's
+``discounts`` is ``gamma ** m``. Transitions among the newest ``n - 1`` slots are sampled with the shorter
+window that is stored so far (an m-step return, bootstrapped from the newest observation: as valid a target as
+the n-step one, and it keeps every valid transition sampleable, which prioritized replay relies on); once
+their next slots arrive they get the full window. Windows only read forward in time, so the oldest slots of
+the ring need nothing special.
+
 Frame stacks. With ``frame_stack > 1`` (Atari), an observation ``[stack, H, W]`` is stored as its newest
 frame only and the stack is rebuilt at sample time from the previous slots of the same stream, padded at
 episode starts the way the env pads (``stack_padding``). A 1M-transition Atari buffer is then 1M 84x84 frames
@@ -34,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from dqnlab.errors import ConfigError
+from dqnlab.rl_math import NStepReturn, n_step_returns
 
 
 class Batch(NamedTuple):
@@ -48,6 +60,8 @@ class Batch(NamedTuple):
         truncated: ``[B]`` bool, the episode was cut by a time limit after this step (bootstrap anyway).
         weights: ``[B]`` float32 loss weights (1 for uniform replay; importance weights for prioritized).
         indices: ``[B]`` int64 flat slot indices (``slot * num_envs + env``), for priority updates.
+        discounts: ``[B]`` float32 discount of the bootstrap value: ``gamma ** m`` for an ``m``-step return
+            (``gamma`` with ``n_step=1``); ``rewards`` are then the discounted sums of those ``m`` rewards.
 
     """
 
@@ -59,6 +73,7 @@ class Batch(NamedTuple):
     truncated: Tensor
     weights: Tensor
     indices: Tensor
+    discounts: Tensor
 
 
 def available_memory_bytes(device: torch.device) -> int | None:
@@ -97,6 +112,9 @@ class ReplayBuffer:
             ``"zero"`` pads with zeros.
         seed: Seed of the sampling generator.
         memory_fraction: Refuse to allocate more than this fraction of the device's free memory.
+        n_step: Length of the return summed per sample (env steps); 1 is one-step Q-learning.
+        gamma: Discount per env step used for those sums (the learner's ``algo.gamma``, set by
+            :func:`dqnlab.train.build`).
 
     """
 
@@ -111,9 +129,13 @@ class ReplayBuffer:
         stack_padding: str = "reset",
         seed: int = 0,
         memory_fraction: float = 0.9,
+        n_step: int = 1,
+        gamma: float = 0.99,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if n_step < 1:
+            raise ValueError(f"algo.n_step must be >= 1 env step, got {n_step}")
         slots = capacity // num_envs
         if slots < max(2, frame_stack + 1):
             raise ValueError(
@@ -131,6 +153,8 @@ class ReplayBuffer:
         self.obs_shape = tuple(obs_shape)
         self.frame_stack = frame_stack
         self.stack_padding = stack_padding
+        self.n_step = int(n_step)
+        self.gamma = float(gamma)
         frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
 
         need = self.nbytes_for(slots, num_envs, frame_shape, obs_dtype)
@@ -159,6 +183,7 @@ class ReplayBuffer:
         # host: the env resets this stream at its next step, so the next obs starts a new stack (see add()).
         self._last_reset = np.ones(num_envs, dtype=bool)
         self._ones = torch.ones(0, device=dev)
+        self._gammas = torch.ones(0, device=dev)  # one-step discounts of a batch, cached like _ones
         # Numpy views of host storage: writes of one vector step go through them (see _put).
         names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring")
         self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
@@ -274,8 +299,9 @@ class ReplayBuffer:
         self._write_obs(next_obs, first=started)
 
     # ------------------------------------------------------------------ sampling
-    def _gather_stacks(self, slots: Tensor, envs: Tensor) -> tuple[Tensor, Tensor]:
-        """Rebuild the frame stacks of the observations at ``slots`` and ``slots + 1``, padded at episode starts.
+    def _gather_stacks(self, slots: Tensor, envs: Tensor, next_slots: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Rebuild the frame stacks of the observations at ``slots`` and ``next_slots`` (default ``slots + 1``;
+        ``slots + m`` for n-step returns), padded at episode starts.
 
         Each stack is the ``k`` slots ending at its own slot. Slots before the newest episode start (``first``)
         in that window belong to the previous episode: they take the start's frame (``reset`` padding) or
@@ -285,15 +311,16 @@ class ReplayBuffer:
         k, n, b = self.frame_stack, self.num_envs, slots.shape[0]
         frame_shape = self.obs.shape[2:]
         flat_obs = self.obs.view(self.capacity, *frame_shape)  # row slot * num_envs + env
-        offsets = torch.arange(-(k - 1), 2, device=self.device)  # window of k + 1 slots ending at slot + 1
-        win = (slots[:, None] + offsets[None, :]) % self.slots  # [B, k + 1]
-        first = self.first.view(-1)[win * n + envs[:, None]]  # [B, k + 1]
         pos = torch.arange(k, device=self.device)  # position inside one stack, oldest first
+        if next_slots is None:
+            next_slots = (slots + 1) % self.slots
         stacks = []
-        for i in range(2):  # i = 0: obs at slot, i = 1: next obs at slot + 1
+        for end in (slots, next_slots):  # obs, then next obs
+            win = (end[:, None] + pos[None, :] - (k - 1)) % self.slots  # [B, k] the stack's slots, oldest first
+            first = self.first.view(-1)[win * n + envs[:, None]]
             # Position of the newest episode start inside this stack (0 if none: nothing to pad).
-            start = (first[:, i : i + k].long() * pos).amax(dim=1, keepdim=True)  # [B, 1]
-            src = win[:, i : i + k].gather(1, torch.maximum(pos[None, :], start))  # [B, k] source slots
+            start = (first.long() * pos).amax(dim=1, keepdim=True)  # [B, 1]
+            src = win.gather(1, torch.maximum(pos[None, :], start))  # [B, k] source slots
             st = flat_obs.index_select(0, (src * n + envs[:, None]).view(-1)).view(b, k, *frame_shape)
             if self.stack_padding == "zero":
                 # A multiply by a 0/1 frame mask: no host sync, and far cheaper than a broadcast masked_fill_.
@@ -302,8 +329,8 @@ class ReplayBuffer:
             stacks.append(st)
         return stacks[0], stacks[1]
 
-    def sample(self, batch_size: int) -> Batch:
-        """Draw ``batch_size`` valid transitions uniformly, with replacement, on the buffer's device."""
+    def _sampleable(self) -> tuple[int, int]:
+        """``(start, size)``: the ring entries of the transitions that may be sampled (host counters only)."""
         start = self._ring_tail
         if self.frame_stack > 1 and self.obs_written > self.slots:
             # The oldest slots' stacks reach into overwritten frames: leave their transitions out.
@@ -312,26 +339,67 @@ class ReplayBuffer:
         size = self._ring_head - start
         if size < 1:
             raise RuntimeError("the replay buffer holds no complete transition yet: sample after learning_starts")
-        n = self.num_envs
+        return start, size
+
+    def sample(self, batch_size: int) -> Batch:
+        """Draw ``batch_size`` valid transitions uniformly, with replacement, on the buffer's device."""
+        start, size = self._sampleable()
         r = torch.randint(size, (batch_size,), device=self.device, generator=self.generator)
-        idx = self._valid_ring[(r + start) % self.capacity]
-        nxt = (idx + n) % self.capacity  # same env, next slot
-        if self.frame_stack > 1:
-            obs, next_obs = self._gather_stacks(idx // n, idx % n)
-        else:
-            flat_obs = self.obs.view(self.capacity, *self.obs.shape[2:])
-            obs, next_obs = flat_obs[idx], flat_obs[nxt]
+        idx = self._valid_ring.index_select(0, (r + start) % self.capacity)
         if self._ones.shape[0] != batch_size:
             self._ones = torch.ones(batch_size, device=self.device)
+        return self._batch(idx, self._ones)
+
+    def _n_step_returns(self, idx: Tensor) -> NStepReturn:
+        """The n-step returns of the transitions at flat indices ``idx`` (see the module docstring)."""
+        n = self.num_envs
+        slots, envs = idx // n, idx % n
+        steps = torch.arange(self.n_step, device=self.device)
+        win = (slots[:, None] + steps[None, :]) % self.slots  # [B, n_step] slots of the summed steps
+        flat = win * n + envs[:, None]
+        next_first = self.first.view(-1)[((win + 1) % self.slots) * n + envs[:, None]]
+        # Step k's next observation is stored when slot t + k + 1 is not past the newest slot (self.pos).
+        stored = steps[None, :] < ((self.pos - slots) % self.slots)[:, None]
+        return n_step_returns(
+            self.rewards.view(-1)[flat],
+            self.terminated.view(-1)[flat],
+            self.truncated.view(-1)[flat],
+            stored & ~next_first,
+            self.gamma,
+        )
+
+    def _batch(self, idx: Tensor, weights: Tensor) -> Batch:
+        """The batch of the transitions at flat indices ``idx``, with loss weights ``weights``."""
+        n = self.num_envs
+        b = idx.shape[0]
+        if self.n_step == 1:
+            nxt = (idx + n) % self.capacity  # same env, next slot
+            rewards = self.rewards.view(-1).index_select(0, idx)
+            terminated = self.terminated.view(-1).index_select(0, idx)
+            truncated = self.truncated.view(-1).index_select(0, idx)
+            if self._gammas.shape[0] != b:
+                self._gammas = torch.full((b,), self.gamma, device=self.device)
+            discounts = self._gammas
+        else:
+            ret = self._n_step_returns(idx)
+            nxt = (idx + ret.steps * n) % self.capacity  # same env, m slots later
+            rewards, terminated, truncated = ret.returns, ret.terminated, ret.truncated
+            discounts = self.gamma ** ret.steps.to(torch.float32)
+        if self.frame_stack > 1:
+            obs, next_obs = self._gather_stacks(idx // n, idx % n, nxt // n)
+        else:
+            flat_obs = self.obs.view(self.capacity, *self.obs.shape[2:])
+            obs, next_obs = flat_obs.index_select(0, idx), flat_obs.index_select(0, nxt)
         return Batch(
             obs=obs,
-            actions=self.actions.view(-1)[idx],
-            rewards=self.rewards.view(-1)[idx],
+            actions=self.actions.view(-1).index_select(0, idx),
+            rewards=rewards,
             next_obs=next_obs,
-            terminated=self.terminated.view(-1)[idx],
-            truncated=self.truncated.view(-1)[idx],
-            weights=self._ones,
+            terminated=terminated,
+            truncated=truncated,
+            weights=weights,
             indices=idx,
+            discounts=discounts,
         )
 
     # ------------------------------------------------------------------ checkpointing

@@ -80,6 +80,9 @@ def make_wandb_logger(
     except ImportError as e:
         raise MissingExtraError("logger=wandb needs wandb: pip install 'dqnlab[wandb]'") from e
 
+    if wandb.run is not None:  # left open by an earlier run in this process: init would hand it back
+        log.warning("a W&B run was still open in this process (%s): finishing it first", wandb.run.id)
+        wandb.finish()
     job_name, job_tags, job_group = hydra_job_identity()
     effective_mode = mode or os.environ.get("WANDB_MODE") or "online"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,8 @@ def read_metric_rows(path: Path, max_step: int) -> list[dict[str, Any]]:
         for row in csv.DictReader(f):
             step = int(float(row.get("step") or 0))
             if step <= max_step:
-                rows.append({k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)} | {"step": step})
+                values = {k: float(v) for k, v in row.items() if k != "step" and v not in ("", None)}
+                rows.append({**values, "step": step})
     return rows
 
 

@@ -6,6 +6,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,17 @@ import torch
 from gymnasium.vector import VectorEnv
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
+from dqnlab.checkpoint import (
+    CHECKPOINT_DIR,
+    AtomicCheckpointIO,
+    DQNCheckpoint,
+    ResumeState,
+    config_changes,
+    peek_checkpoint,
+    resolve_ckpt_path,
+)
 from dqnlab.collect import EnvStepper
 from dqnlab.envs import match_frame_stacking, torch_dtype
 from dqnlab.evaluation import Evaluator
@@ -23,7 +34,9 @@ from dqnlab.module import DQNModule
 from dqnlab.networks import build_network
 from dqnlab.progress import EnvStepProgressBar
 from dqnlab.replay import ReplayBuffer
+from dqnlab.tracking import carry_over_csv_rows, finish_wandb, read_metric_rows
 from dqnlab.validate import check_writable_dir, validate_config, validate_env
+from dqnlab.video import make_render_env
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +61,12 @@ def _quiet_lightning() -> None:
     # Hydra's train.log shares the run dir with metrics.csv.
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    # The checkpoint is taken after the update on purpose: it is the state a resume continues from.
+    warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+    # A resume restarts the replay stream, which is stateless (it samples the restored buffer).
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    # Resuming into a new run dir: the checkpoint callback starts a fresh list of files there, as it should.
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -67,10 +86,14 @@ class Components:
     collector: EnvStepper
     evaluator: Evaluator
     trainer: pl.Trainer
+    checkpoint: DQNCheckpoint | None = None
 
-    def close(self) -> None:
-        """Close the training env (the evaluator closes its own on teardown)."""
+    def close(self, failed: bool = False) -> None:
+        """Close the envs (Lightning skips teardown hooks after an exception) and end the W&B run, if any."""
         self.env.close()
+        self.evaluator.teardown(self.trainer, self.module, "fit")
+        if any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers):
+            finish_wandb(failed)
 
 
 def build(cfg: DictConfig) -> Components:
@@ -87,7 +110,9 @@ def build(cfg: DictConfig) -> Components:
         obs_space, num_actions = env.single_observation_space, int(env.single_action_space.n)
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
 
-        network = build_network(instantiate(cfg.network), obs_space.shape, num_actions)
+        # A distributional learner (algo=c51) sets the network's output atoms.
+        num_atoms = int(cfg.algo.get("num_atoms", 1))
+        network = build_network(instantiate(cfg.network), obs_space.shape, num_actions, num_atoms)
         module: DQNModule = instantiate(cfg.algo, network=network, optimizer=instantiate(cfg.optimizer))
 
         buffer_device = device if cfg.buffer.get("device", "auto") == "auto" else cfg.buffer.device
@@ -98,6 +123,8 @@ def build(cfg: DictConfig) -> Components:
             num_envs=env.num_envs,
             device=buffer_device,
             seed=cfg.seed,
+            n_step=module.n_step,  # the buffer sums the learner's n-step returns
+            gamma=module.gamma,
         )
         module.attach_buffer(buffer)
 
@@ -105,22 +132,50 @@ def build(cfg: DictConfig) -> Components:
             cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps, seed=cfg.seed
         )
         evaluator: Evaluator = instantiate(
-            cfg.eval, env_factory=env_factory, collector=collector, seed=cfg.seed + 1_000_000
+            cfg.eval,
+            env_factory=env_factory,
+            collector=collector,
+            seed=cfg.seed + 1_000_000,
+            video_dir=str(Path(cfg.paths.output_dir) / "videos"),
+            render_env_factory=partial(make_render_env, cfg.env),
         )
-        callbacks: list[pl.Callback] = [collector, instantiate(cfg.target), evaluator]
+        # ResumeState first: it restores the global RNG states before any other hook of the first step runs.
+        config = OmegaConf.to_container(cfg, resolve=True)
+        callbacks: list[pl.Callback] = [ResumeState(collector, config), collector, instantiate(cfg.target), evaluator]
         if cfg.get("progress_bar", True):
             callbacks.append(EnvStepProgressBar(collector))
+        checkpoint = build_checkpoint(cfg, collector)
+        if checkpoint is not None:
+            callbacks.append(checkpoint)  # Lightning runs it after all others, whatever its place
 
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
             max_steps=max(collector.total_gradient_steps, 1),
             callbacks=callbacks,
             logger=build_loggers(cfg) or False,
+            enable_checkpointing=checkpoint is not None,
+            plugins=[AtomicCheckpointIO()],
         )
     except BaseException:
         env.close()
         raise
-    return Components(env, module, buffer, collector, evaluator, trainer)
+    return Components(env, module, buffer, collector, evaluator, trainer, checkpoint)
+
+
+def build_checkpoint(cfg: DictConfig, collector: EnvStepper) -> DQNCheckpoint | None:
+    """The checkpoint callback of the ``checkpoint`` group, completed with the collector (``None``: no group)."""
+    node = cfg.get("checkpoint")
+    if not node or "_target_" not in node:
+        return None
+    return instantiate(node)(collector=collector)
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the run's checkpoints go (``ckpt_path=last`` looks for ``last.ckpt`` there)."""
+    node = cfg.get("checkpoint")
+    if node and node.get("dirpath"):
+        return Path(node.dirpath)
+    return Path(cfg.paths.output_dir) / CHECKPOINT_DIR
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -142,15 +197,33 @@ def run(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, verbose=False)
 
-    parts = build(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))
+    earlier_rows: list[dict[str, Any]] = []
+    if ckpt_path is not None:
+        resume = peek_checkpoint(ckpt_path)
+        log.info("resuming from %s at env step %d", ckpt_path, resume["env_steps"])
+        changes = config_changes(resume["config"], cfg)
+        if changes:
+            log.warning("the config differs from the checkpoint's run in: %s", "; ".join(changes[:12]))
+        # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger deletes it).
+        earlier_rows = read_metric_rows(out_dir / "metrics.csv", resume["env_steps"])
+
+    parts: Components | None = None
+    failed = True
     try:
+        parts = build(cfg)
         for logger in parts.trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        carry_over_csv_rows(parts.trainer.loggers, earlier_rows)
         t_fit = time.perf_counter()
-        parts.trainer.fit(parts.module, ckpt_path=cfg.get("ckpt_path"))
+        # Our own checkpoints hold numpy arrays and RNG states: not loadable with torch's weights_only=True.
+        parts.trainer.fit(parts.module, ckpt_path=ckpt_path, weights_only=False)
         fit_s = time.perf_counter() - t_fit
+        failed = False
     finally:
-        parts.close()
+        if parts is not None:
+            parts.close(failed)
+        finish_wandb(failed)  # one W&B run per job, also when a multirun runs its jobs in one process
 
     collector = parts.collector
     summary: dict[str, float] = {

@@ -104,6 +104,15 @@ KNOBS: tuple[Knob, ...] = (
     Knob("algo.gamma", float, "the discount per env step", "0.99", **_PROB),
     Knob("algo.n_step", int, "the n-step return length in env steps", "1", low=1),
     Knob("algo.max_grad_norm", float, "the gradient-norm clip (0 or null = off)", "10.0", low=0.0, nullable=True),
+    Knob("algo.num_atoms", int, "the atoms of the return distribution (C51)", "51", low=1),
+    Knob("algo.v_min", float, "the smallest atom in return units", "-10.0"),
+    Knob("algo.v_max", float, "the largest atom in return units", "10.0"),
+    Knob("network.sigma0", float, "the initial noise scale of noisy layers", "0.5", low=0.0, low_open=True),
+    Knob("buffer.alpha", float, "the priority exponent of prioritized replay", "0.6", low=0.0),
+    Knob("buffer.beta_start", float, "the initial importance-sampling exponent", "0.4", **_PROB),
+    Knob("buffer.beta_steps", int, "the env steps over which beta reaches 1", "1_000_000", low=0),
+    Knob("buffer.priority_eps", float, "the priority added to |TD error|", "1e-6", low=0.0, low_open=True),
+    Knob("buffer.fanout", int, "the children per node of the priority tree", "32", low=2),
     Knob("buffer.capacity", int, "the replay capacity in transitions", "100_000", low=1),
     Knob("buffer.frame_stack", int, "frames per stored observation", "1", low=1),
     Knob(
@@ -131,7 +140,7 @@ KNOBS: tuple[Knob, ...] = (
 )
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "algo.loss": ("mse", "huber"),
+    "algo.loss": ("mse", "huber", "cross_entropy"),
     "buffer.stack_padding": ("reset", "zero"),
 }
 
@@ -232,6 +241,9 @@ def _check_relations(v: dict[str, float]) -> list[str]:
             f"env steps (an update phase takes collector.train_freq={freq}): raise env_steps to at least "
             f"{ls + freq} or lower collector.learning_starts"
         )
+    v_min, v_max = v.get("algo.v_min"), v.get("algo.v_max")
+    if v.get("algo.num_atoms", 1) > 1 and v_min is not None and v_max is not None and v_min >= v_max:
+        problems.append(f"algo.v_min={v_min} must be below algo.v_max={v_max}: the atoms span [v_min, v_max]")
     num_envs, stack = v.get("env.num_envs", 1), v.get("buffer.frame_stack", 1)
     need_slots = max(2, stack + 1)
     if cap is not None and cap // num_envs < need_slots:
@@ -248,6 +260,14 @@ def _check_choices(cfg: DictConfig) -> list[str]:
         value = _select(cfg, key)
         if value is not _ABSENT and value not in options:
             problems.append(f"{key}={_fmt(value)} is not known: use one of {', '.join(options)}")
+    loss, atoms = _select(cfg, "algo.loss"), _select(cfg, "algo.num_atoms")
+    distributional = isinstance(atoms, int) and not isinstance(atoms, bool) and atoms > 1
+    if loss in CHOICES["algo.loss"] and distributional != (loss == "cross_entropy"):
+        problems.append(
+            f"algo.loss={loss} with algo.num_atoms={1 if atoms is _ABSENT else atoms}: loss=cross_entropy is the "
+            "loss of a distributional learner (num_atoms > 1) and only of it; use algo=c51 for C51, algo=dqn "
+            "(mse or huber) otherwise"
+        )
     return problems
 
 

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dqnlab.errors import MissingExtraError
+from dqnlab.io import FILE_MODE
 
 
 def make_render_env(env_cfg: DictConfig) -> VectorEnv:
@@ -23,6 +24,10 @@ def make_render_env(env_cfg: DictConfig) -> VectorEnv:
     ``pygame``, in the ``video`` extra). Other factories (Atari) are built as they are and filmed from their
     observations (:func:`frame_of`).
     """
+    # Headless: pygame (CartPole's renderer) must not look for a display or a sound server.
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     overrides: dict[str, Any] = {"num_envs": 1, "for_eval": True}
     if "kwargs" in env_cfg:
         kwargs = OmegaConf.to_container(env_cfg.kwargs, resolve=True) or {}
@@ -60,6 +65,7 @@ def write_mp4(frames: list[np.ndarray], path: Path, fps: int) -> Path:
             raise MissingExtraError("videos need moviepy: pip install 'dqnlab[video]'") from e
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")  # ffmpeg reads the suffix
+    os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         ImageSequenceClip([np.ascontiguousarray(f) for f in frames], fps=fps).write_videofile(

@@ -1,0 +1,80 @@
+"""Score a saved agent: ``python scripts/evaluate.py <checkpoint> [episodes=N] [video=true] [key=value ...]``.
+
+Rebuilds the env and the Q-network from the config stored in the checkpoint (or the run dir's
+``.hydra/config.yaml``), plays greedy episodes on a fresh evaluation env and prints ONE line of JSON on stdout:
+``{"episodes": N, "return_mean": ..., "return_std": ..., ...}``; everything else goes to stderr.
+
+Keys (Hydra-style ``key=value``):
+  episodes=10        episodes to score
+  epsilon=<run's>    random-action probability (default: the run's eval.epsilon)
+  seed=<run's+2M>    seed of the resets and of exploration
+  num_envs=<auto>    parallel env copies (default: one per episode, at most 32)
+  video=false        also film video_episodes episodes to mp4 (gymnasium envs render rgb_array frames headless)
+  video_dir=<dir>    where the mp4 files go (default: <run dir>/videos)
+  video_episodes=1   how many episodes to film
+  video_fps=30       frames per second
+  device=cpu         where the network runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame greets on stdout, which is for the JSON line
+
+KEYS = {
+    "episodes": int,
+    "epsilon": float,
+    "seed": int,
+    "num_envs": int,
+    "video": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "video_dir": str,
+    "video_episodes": int,
+    "video_fps": int,
+    "device": str,
+}
+
+
+def parse_args(argv: list[str]) -> tuple[Path, dict]:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by a dqnlab run")
+    parser.add_argument("overrides", nargs="*", help="key=value settings (see below)")
+    args = parser.parse_args(argv)
+    settings: dict = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+")
+        if not sep or key not in KEYS:
+            parser.error(f"unknown setting {item!r}: use key=value with a key among {', '.join(KEYS)}")
+        try:
+            settings[key] = KEYS[key](value)
+        except ValueError:
+            parser.error(f"{key}={value!r} is not a valid value")
+    if not args.checkpoint.is_file():
+        parser.error(f"{args.checkpoint} is not a file: pass a .ckpt from <run dir>/checkpoints")
+    return args.checkpoint, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    checkpoint, settings = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from dqnlab.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
+
+    agent = load_agent(checkpoint, device=settings.pop("device", "cpu"))
+    if settings.get("video") and "video_dir" not in settings:
+        run_dir = checkpoint.resolve().parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")
+        settings["video_dir"] = run_dir / "videos"
+    result = {"checkpoint": str(checkpoint), **evaluate_agent(agent, **settings)}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Learning curves and a results table: ``python scripts/plot.py <multirun or run dirs> [-o curves.png]``.
+
+Reads each run's ``metrics.csv`` (x = env steps) and ``.hydra/overrides.yaml``, draws one line per override set
+without ``seed`` (mean over seeds, shaded +- one standard deviation) and prints a Markdown table of the final
+``eval/return_mean`` (mean +- std over seeds, from ``summary.json``). See ``dqnlab.plotting``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or dirs above them (a multirun dir)")
+    parser.add_argument("-o", "--output", type=Path, help="PNG to write (default: <first dir>/curves.png)")
+    parser.add_argument("--metric", default="rollout/episode_return", help="metrics.csv column to plot")
+    parser.add_argument("--table-metric", default="eval/return_mean", help="summary.json key of the table")
+    parser.add_argument("--title", help="plot title (default: the metric)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from dqnlab.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
+
+    run_dirs = find_run_dirs(args.dirs)
+    if not run_dirs:
+        parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
+    runs = [load_run(d) for d in run_dirs]
+    fig = plot_learning_curves(runs, args.metric, args.title)
+    output = args.output or args.dirs[0] / "curves.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    print(format_table(results_table(runs, args.table_metric), args.table_metric))
+    print(f"\n{len(runs)} runs; learning curves: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
