@@ -1,9 +1,8 @@
 """dqnlab benchmarks: speed and memory targets live here, never in timed unit tests.
 
     python scripts/benchmark.py cartpole-cpu              # dqnlab loop vs a bare PyTorch loop
+    python scripts/benchmark.py cartpole-solve            # `python train.py` on seeds 0-4: return, wall clock
     python scripts/benchmark.py replay-memory             # bytes of a 1M-transition Atari buffer
-    python scripts/benchmark.py atari-gpu                 # env steps/s, updates/s on Breakout (GPU machine)
-    python scripts/benchmark.py peers                     # Stable-Baselines3 DQN on the same setting
     python scripts/benchmark.py cartpole-cpu --append     # also append the table to docs/benchmarks.md
 
 Each suite prints a table and one JSON line (``{"suite": ..., ...}``); ``--quick`` runs tiny sizes (tests).
@@ -128,14 +127,13 @@ def dqnlab_loop(cfg) -> dict[str, float]:
 
 
 def suite_cartpole_cpu(args) -> dict:
-    steps = 3_000 if args.quick else 30_000
+    quick = ["env_steps=800", "collector.learning_starts=200", "env.max_episode_steps=50"]
     overrides = [
-        f"env_steps={steps}",
+        *(quick if args.quick else ["env_steps=30000"]),
         "progress_bar=false",
         "logger=[]",
         "eval.every=0",
         "eval.episodes=1",
-        "env.max_episode_steps=50" if args.quick else "seed=0",
         *args.overrides,
     ]
     cfg = compose(overrides)
@@ -157,6 +155,49 @@ def suite_cartpole_cpu(args) -> dict:
     table = format_table(["loop", "updates", "us / update (incl. env steps)", "env steps / s"], rows)
     table += f"\n\ndqnlab / bare time per update: **{ratio:.2f}x** (target <= 1.25x)"
     return {"suite": "cartpole-cpu", "ratio": ratio, "results": results, "table": table, "overrides": overrides}
+
+
+# ---------------------------------------------------------------------------------------------- cartpole-solve
+def suite_cartpole_solve(args) -> dict:
+    """`python train.py seed=S` with the defaults for seeds 0-4, one after another: eval return and wall clock."""
+    import subprocess
+    import tempfile
+
+    seeds = [0] if args.quick else [0, 1, 2, 3, 4]
+    extra = ["env_steps=600", "collector.learning_starts=200", "eval.episodes=2"] if args.quick else []
+    rows, results = [], []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                str(ROOT / "train.py"),
+                f"seed={seed}",
+                "progress_bar=false",
+                f"hydra.run.dir={tmp}",
+                *extra,
+                *args.overrides,
+            ]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            process_s = time.perf_counter() - t0
+            summary = json.loads((Path(tmp) / "summary.json").read_text())
+        results.append({"seed": seed, "process_s": process_s, **summary})
+        rows.append(
+            (
+                seed,
+                f"{summary['eval/return_mean']:.1f} +- {summary['eval/return_std']:.1f}",
+                int(summary["eval/episodes"]),
+                f"{summary['wall_time_s']:.1f}",
+                f"{process_s:.1f}",
+                f"{summary['env_steps_per_s']:,.0f}",
+            )
+        )
+    solved = all(r["eval/return_mean"] >= 475 for r in results)
+    table = format_table(
+        ["seed", "final greedy eval return", "episodes", "run() wall s", "process wall s", "env steps/s"], rows
+    )
+    table += f"\n\nall seeds >= 475: **{solved}**; slowest run() {max(r['wall_time_s'] for r in results):.1f} s"
+    return {"suite": "cartpole-solve", "solved_all": solved, "results": results, "table": table}
 
 
 # ---------------------------------------------------------------------------------------------- replay-memory
@@ -191,7 +232,11 @@ def format_table(header: list[str], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
-SUITES = {"cartpole-cpu": suite_cartpole_cpu, "replay-memory": suite_replay_memory}
+SUITES = {
+    "cartpole-cpu": suite_cartpole_cpu,
+    "cartpole-solve": suite_cartpole_solve,
+    "replay-memory": suite_replay_memory,
+}
 
 
 def main() -> None:

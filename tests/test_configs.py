@@ -19,7 +19,9 @@ GROUPS = [
     "eval",
     "logger",
     "trainer",
+    "checkpoint",
     "experiment",
+    "hparams_search",
     "debug",
 ]
 

@@ -112,7 +112,10 @@ def save_env_state(env: VectorEnv) -> tuple[bytes | None, str]:
     a checkpoint starts new episodes.
     """
     if not isinstance(env, SyncVectorEnv):
-        return None, f"{type(env).__name__} keeps its state outside Python (another process or native code)"
+        return None, (
+            f"{type(env).__name__} is not a gymnasium SyncVectorEnv (ale-py's native vector env, envs in other "
+            "processes and vector wrappers keep state that cannot be captured)"
+        )
     try:
         fields = {name: getattr(env, name) for name in _SYNC_VECTOR_FIELDS if hasattr(env, name)}
         return pickle.dumps({"envs": env.envs, "fields": fields}), ""
@@ -166,7 +169,6 @@ class ResumeState(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the env now; keep the RNG states for the first training batch."""
-        self._restored = True
         self._pending_rng = state_dict.get("rng")
         blob = state_dict.get("env")
         self._env_restored = blob is not None and load_env_state(self.collector.env, blob)
@@ -176,7 +178,12 @@ class ResumeState(Callback):
         checkpoint["dqnlab"] = {"config": self.config, "format": 1}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        """Note whether the checkpoint holds the replay buffer (``checkpoint.save_buffer``)."""
+        """Note the resume and whether the checkpoint holds the replay buffer (``checkpoint.save_buffer``).
+
+        Called for every resume, before :meth:`load_state_dict` (which a checkpoint without this callback's
+        state never calls: its env then counts as not restored and starts new episodes).
+        """
+        self._restored = True
         self._has_buffer = "buffer" in checkpoint.get("callbacks", {}).get(self.collector.state_key, {})
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

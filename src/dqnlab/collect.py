@@ -96,9 +96,7 @@ class EnvStepper(Callback):
     @property
     def epsilon(self) -> float:
         """Exploration rate at the current env step."""
-        return linear_schedule(
-            self.epsilon_start, self.epsilon_end, self.epsilon_decay_env_steps, self.env_steps
-        )
+        return linear_schedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_env_steps, self.env_steps)
 
     def env_steps_due(self, gradient_step: int) -> int:
         """Env steps that must have been taken before gradient step ``gradient_step`` (0-based) runs."""

@@ -186,6 +186,8 @@ class Evaluator(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """Evaluate when the env-step counter passes the next multiple of ``every``."""
+        if trainer.global_step >= trainer.max_steps:
+            return  # the final evaluation in on_train_end covers this env step
         if self._next_eval is not None and self.collector.env_steps >= self._next_eval:
             self._log(trainer, self.evaluate(pl_module))
             self._next_eval = (self.collector.env_steps // self.every + 1) * self.every

@@ -211,7 +211,8 @@ class DQNModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """Optimizer over the online network only (the target network is never trained), and the optional
-        linear learning-rate annealing over ``trainer.max_steps`` gradient steps."""
+        linear learning-rate annealing over ``trainer.max_steps`` gradient steps.
+        """
         opt = self.optimizer_factory(self.q_net.parameters())
         if self.lr_end_factor == 1.0:
             return opt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
@@ -216,8 +217,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         carry_over_csv_rows(parts.trainer.loggers, earlier_rows)
         t_fit = time.perf_counter()
-        # Our own checkpoints hold numpy arrays and RNG states: not loadable with torch's weights_only=True.
-        parts.trainer.fit(parts.module, ckpt_path=ckpt_path, weights_only=False)
+        # Our own checkpoints hold numpy arrays and RNG states: not loadable with torch's weights_only=True
+        # (Lightning >= 2.5 takes the flag; older versions load with torch's default).
+        takes_flag = "weights_only" in inspect.signature(parts.trainer.fit).parameters
+        fit_kwargs = {"weights_only": False} if takes_flag else {}
+        parts.trainer.fit(parts.module, ckpt_path=ckpt_path, **fit_kwargs)
         fit_s = time.perf_counter() - t_fit
         failed = False
     finally:

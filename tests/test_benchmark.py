@@ -1,0 +1,25 @@
+"""The benchmark suites run end to end at tiny sizes; their speed targets live in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve"])
+def test_suite_runs_and_prints_one_json_line(suite):
+    proc = subprocess.run(
+        [PYTHON, "scripts/benchmark.py", suite, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["suite"] == suite
+    if suite == "replay-memory":
+        assert result["bytes"] <= 7.5e9 and result["allocation_matches"]
+    if suite == "cartpole-cpu":
+        assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0
