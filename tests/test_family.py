@@ -321,10 +321,11 @@ def test_importance_weights_match_the_formula():
     probs = dict(zip(valid.tolist(), (p / p.sum()).tolist()))
     n = len(valid)
     max_w = max((n * q) ** -buf.beta for q in probs.values())
-    b = buf.sample(512)
-    for i, w in zip(b.indices.tolist(), b.weights.tolist()):
-        assert i in probs, "an autoreset transition was sampled"
-        assert w == pytest.approx((n * probs[i]) ** -buf.beta / max_w, rel=1e-5)
+    for _ in range(50):  # small batches: the normalising max is over the whole buffer, not the batch
+        b = buf.sample(2)
+        for i, w in zip(b.indices.tolist(), b.weights.tolist()):
+            assert i in probs, "an autoreset transition was sampled"
+            assert w == pytest.approx((n * probs[i]) ** -buf.beta / max_w, rel=1e-5)
     assert b.weights.dtype == torch.float32 and float(b.weights.max()) <= 1.0
     assert torch.allclose(prioritized_weights(torch.tensor([2.0, 8.0]), torch.tensor(2.0), 0.5), torch.tensor([1, 0.5]))
 
@@ -536,6 +537,9 @@ def test_c51_greedy_action_is_the_argmax_of_expected_q_and_loss_is_cross_entropy
     assert torch.isclose(out.loss, ce)
     kl = ce + 2 * 0.5 * math.log(0.5)  # cross-entropy minus the target's entropy
     assert torch.allclose(out.errors, kl.view(1), atol=1e-6)
+    # A terminal s': no bootstrap, all the mass on r = 0 (bootstrapping would spread it to [1/6, 2/3, 1/6]).
+    out = module.td_loss(hand_batch([0], [1], [0.0], [1], [True], [0.5]))
+    assert torch.isclose(out.loss, -logits[0, 1].log_softmax(-1)[1])
 
 
 def test_c51_config_needs_cross_entropy():

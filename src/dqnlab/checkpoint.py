@@ -40,6 +40,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from dqnlab.collect import EnvStepper
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_open
+from dqnlab.validate import check_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ _RESUME_IGNORED_KEYS = (
     "ckpt_path",
     "progress_bar",
     "torch_threads",
+    "nonfinite",
     "trainer.default_root_dir",
 )
 
@@ -292,6 +294,7 @@ class DQNCheckpoint(ModelCheckpoint):
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._warned_buffer = False
+        self._flushed_step = -1
 
     @property
     def last_path(self) -> Path:
@@ -318,6 +321,15 @@ class DQNCheckpoint(ModelCheckpoint):
                 "steps and does not reproduce the uninterrupted run",
                 self.collector.learning_starts,
             )
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Loggers first (metrics.csv is only written on save): a resume after a kill keeps the metrics rows up to
+        # its checkpoint from the file, so they must be on disk before the checkpoint is.
+        if self._flushed_step != trainer.global_step:
+            self._flushed_step = trainer.global_step
+            for logger in trainer.loggers:
+                logger.save()
+        super()._save_checkpoint(trainer, filepath)
 
     def write_last(self, trainer: pl.Trainer) -> str:
         """Write ``last.ckpt`` now (unless it already holds this gradient step); return its path."""
@@ -395,7 +407,12 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
     """The file to resume from: ``ckpt_path`` itself, or for ``last`` the run dir's ``checkpoints/last.ckpt``.
 
     ``last`` without a ``last.ckpt`` starts fresh (logged): a requeued or repeated job command then resumes
-    when there is something to resume and starts otherwise.
+    when there is something to resume and starts otherwise. A ``last.ckpt`` that cannot be resumed (truncated,
+    corrupt) is an error, never a reason to start afresh over it.
+
+    Raises:
+        ConfigError: ``last.ckpt`` exists but is not a checkpoint of a dqnlab run; it is left untouched.
+
     """
     if not ckpt_path:
         return None
@@ -403,6 +420,9 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
         return str(Path(ckpt_path).expanduser())
     last = checkpoint_dir / LAST
     if last.is_file():
+        problems = check_checkpoint(str(last), key="ckpt_path=last")
+        if problems:
+            raise ConfigError(problems[0])
         return str(last)
     log.info("ckpt_path=last: no %s yet, starting fresh", last)
     return None

@@ -185,8 +185,9 @@ class EnvStepper(Callback):
             self._next_log = (self.env_steps // self.log_every + 1) * self.log_every
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log the last partial row."""
-        self.log_row(trainer, pl_module)
+        """Log the last partial row, if anything happened since the last row (no empty row at a logged step)."""
+        if self.env_steps > self._last_log_env_steps or trainer.global_step > self._last_log_gradient_steps:
+            self.log_row(trainer, pl_module)
 
     # ------------------------------------------------------------------ logging
     def log_row(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:

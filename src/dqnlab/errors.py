@@ -3,7 +3,8 @@
 Every check that rejects user input (:mod:`dqnlab.validate`, the env factories, the networks, the replay buffer)
 raises a :class:`ConfigError` subclass whose message names the offending key and the fix. ``train.py`` turns
 it into one line on stderr, ``error: <message>``, and exit status 2, without a traceback; set
-``HYDRA_FULL_ERROR=1`` to get the traceback instead.
+``HYDRA_FULL_ERROR=1`` to get the traceback instead. A :class:`TrainingError` (training went wrong after it
+started, e.g. a non-finite loss) is reported the same way, with exit status 3.
 
 This module imports nothing heavy: Hydra's callback loads it before torch is imported.
 """
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from hydra.errors import CompactHydraException
 
 EXIT_CONFIG_ERROR = 2  # the status argparse and most CLIs use for bad usage
+EXIT_TRAINING_ERROR = 3  # training started but cannot go on (a non-finite loss); a checkpoint was saved
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,14 @@ class MissingExtraError(ConfigError, ImportError):
     """
 
 
+class TrainingError(RuntimeError):
+    """Training started but cannot go on as configured; the message names the env step, what to try and the
+    checkpoint saved before stopping. The CLI exits with :data:`EXIT_TRAINING_ERROR` without a traceback.
+    """
+
+    exit_code = EXIT_TRAINING_ERROR
+
+
 class ConfigJobFailed(CompactHydraException):
     """A multirun job failed its config checks (Hydra prints this one line, without a traceback)."""
 
@@ -41,7 +51,7 @@ def full_error_requested() -> bool:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: tuple[type[BaseException], ...] = (ConfigError,)
+    types: tuple[type[BaseException], ...] = (ConfigError, TrainingError)
     if "gymnasium" in sys.modules:  # imported lazily: this module must stay light (see the module docstring)
         from gymnasium.error import DependencyNotInstalled
 
@@ -88,7 +98,8 @@ def print_error(err: BaseException) -> None:
 
 
 def report_and_exit(err: BaseException) -> None:
-    """Print ``error: <message>`` to stderr and exit with :data:`EXIT_CONFIG_ERROR`.
+    """Print ``error: <message>`` to stderr and exit with :data:`EXIT_CONFIG_ERROR` (a
+    :class:`TrainingError`: :data:`EXIT_TRAINING_ERROR`).
 
     In a multirun the other jobs must still run (and a sweeper must see one failed trial, not a dead
     process), so there the job fails with a :class:`ConfigJobFailed` that Hydra reports in one line.
@@ -96,7 +107,7 @@ def report_and_exit(err: BaseException) -> None:
     print_error(err)
     if _in_multirun():
         raise ConfigJobFailed(format_error(err)) from None
-    sys.exit(EXIT_CONFIG_ERROR)
+    sys.exit(getattr(err, "exit_code", EXIT_CONFIG_ERROR))
 
 
 @contextmanager

@@ -207,10 +207,13 @@ class Evaluator(Callback):
             self._render_env = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Evaluation schedule position."""
-        return {"next_eval": self._next_eval, "evaluations": self.evaluations}
+        """Evaluation schedule position, and the final evaluation once it ran (the final ``last.ckpt`` holds it)."""
+        # With `final`, resuming a finished run (killed before summary.json, or a requeued `ckpt_path=last`)
+        # writes the same summary.json instead of one without its eval/* metrics.
+        return {"next_eval": self._next_eval, "evaluations": self.evaluations, "final": dict(self.final)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the evaluation schedule position."""
         self._next_eval = state_dict["next_eval"]
         self.evaluations = int(state_dict["evaluations"])
+        self.final = dict(state_dict.get("final", {}))

@@ -26,12 +26,23 @@ class TDLoss(NamedTuple):
     errors: Tensor  # [B] detached |TD error| (C51: KL to the target), the new priorities for prioritized replay
 
 
+class NonFiniteSteps(NamedTuple):
+    """Gradient steps skipped because their loss, Q-values or gradients were not finite (see ``pop_metrics``)."""
+
+    count: int  # skipped gradient steps in the logging span
+    first_gradient_step: int  # the first of them (0-based, Lightning's ``global_step`` when it ran)
+
+
 class DQNModule(pl.LightningModule):
     """Deep Q-learning (Mnih et al. 2015) as a LightningModule.
 
     Optimization is manual so that one ``training_step`` is exactly one gradient step with no closure
     machinery, and so the update can later be captured whole (CUDA graphs). Metrics are summed on the
     device and read by the env-stepping callback every few thousand env steps, never per step.
+
+    A gradient step whose loss, mean Q-value or gradient norm is not finite changes nothing: it is detected and
+    skipped on the device (no host sync), counted, and reported at the next logged row (``pop_metrics``);
+    :class:`dqnlab.nonfinite.NonFiniteGuard` then stops the run or warns.
 
     Args:
         network: The online Q-network; the target network is a frozen deep copy of it.
@@ -100,6 +111,9 @@ class DQNModule(pl.LightningModule):
         # Loss and Q(s, a) summed on the device and read rarely (see pop_metrics): no host sync per step.
         self.register_buffer("_metric_sums", torch.zeros(2), persistent=False)
         self._metric_count = 0
+        # [skipped non-finite gradient steps, 1 + the first one's global_step (0 = none)] of the logging span.
+        self.register_buffer("_nonfinite", torch.zeros(2, dtype=torch.long), persistent=False)
+        self.pending_nonfinite: NonFiniteSteps | None = None  # set by pop_metrics, taken by NonFiniteGuard
 
     def attach_buffer(self, buffer: ReplayBuffer) -> None:
         """Give the module the replay buffer its dataloader samples from (and, if it has priorities, update them)."""
@@ -177,30 +191,74 @@ class DQNModule(pl.LightningModule):
         loss, q_mean, errors = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.q_net.parameters(), self.max_grad_norm)
+        skip = self._clip_and_skip_nonfinite(loss, q_mean, opt.optimizer)
         opt.step()
         if self._update_priorities is not None:
-            self._update_priorities(batch.indices, errors)  # device ops only: no host sync
+            # device ops only: no host sync; a skipped step's NaN errors must not poison the priorities
+            self._update_priorities(batch.indices, torch.nan_to_num(errors, nan=0.0, posinf=0.0, neginf=0.0))
         if self.lr_end_factor != 1.0:
             self.lr_schedulers().step()  # manual optimization: Lightning leaves scheduler stepping to us
-        self._metric_sums[0] += loss.detach()
-        self._metric_sums[1] += q_mean
+        self._metric_sums[0] += torch.where(skip, 0.0, loss.detach())  # the means are over finite steps
+        self._metric_sums[1] += torch.where(skip, 0.0, q_mean)
         self._metric_count += 1
 
+    def _clip_and_skip_nonfinite(self, loss: Tensor, q_mean: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
+        """Clip the gradient norm (``max_grad_norm``) and turn this step's update into a no-op if it is not finite.
+
+        Everything stays on the device: the check is a 0-dim tensor that is never read here, so the hot loop
+        has no host sync. torch's fused optimizers (Adam/AdamW/SGD with ``fused=true``) skip the whole update,
+        moments and step count included, through their ``found_inf`` input (what AMP's GradScaler uses); other
+        optimizers get zero gradients, so the parameters stay finite, though a momentum optimizer still moves
+        them by its momentum.
+
+        Returns:
+            0-dim bool tensor: whether the step is skipped (counted in ``_nonfinite``).
+
+        """
+        params = [p for p in self.q_net.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.max_grad_norm > 0:
+            norm = nn.utils.clip_grad_norm_(params, self.max_grad_norm)  # non-finite norm: NaN gradients
+        elif hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6
+            norm = nn.utils.get_total_norm(grads)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        skip = ~(torch.isfinite(loss.detach()) & torch.isfinite(q_mean) & torch.isfinite(norm))
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = skip.float()  # read by torch's fused step (non-fused ones reject it)
+        else:
+            for g in grads:
+                g.masked_fill_(skip, 0.0)  # masked, not multiplied: NaN * 0 is NaN
+        first_unset = self._nonfinite[1] == 0
+        self._nonfinite[0] += skip
+        self._nonfinite[1] = torch.where(skip & first_unset, self.global_step + 1, self._nonfinite[1])
+        return skip
+
     def pop_metrics(self) -> dict[str, float]:
-        """Mean training metrics since the last call (one host sync), then reset the sums."""
+        """Mean training metrics since the last call (one host sync), then reset the sums.
+
+        Skipped non-finite steps are left out of the means, counted as ``train/nonfinite_steps`` and kept in
+        :attr:`pending_nonfinite` for :class:`dqnlab.nonfinite.NonFiniteGuard`.
+        """
         count = self._metric_count
         if count == 0:
             return {}
         loss_sum, q_sum = self._metric_sums.tolist()
+        skipped, first = self._nonfinite.tolist()  # the stream is drained by the line above: no second wait
         self._metric_sums.zero_()
+        self._nonfinite.zero_()
         self._metric_count = 0
-        return {"train/loss": loss_sum / count, "train/q_mean": q_sum / count}
+        finite = count - skipped
+        metrics = {"train/loss": loss_sum / finite, "train/q_mean": q_sum / finite} if finite else {}
+        if skipped:
+            metrics["train/nonfinite_steps"] = float(skipped)
+            self.pending_nonfinite = NonFiniteSteps(int(skipped), int(first) - 1)
+        return metrics
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the metric sums of the current logging span, so a resumed run logs the same rows."""
         checkpoint["dqn_metric_sums"] = (self._metric_sums.detach().cpu().clone(), self._metric_count)
+        checkpoint["dqn_nonfinite"] = self._nonfinite.detach().cpu().clone()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the metric sums saved by :meth:`on_save_checkpoint`."""
@@ -208,6 +266,8 @@ class DQNModule(pl.LightningModule):
             sums, count = checkpoint["dqn_metric_sums"]
             self._metric_sums.copy_(sums)
             self._metric_count = int(count)
+        if "dqn_nonfinite" in checkpoint:
+            self._nonfinite.copy_(checkpoint["dqn_nonfinite"])
 
     def configure_optimizers(self) -> Any:
         """Optimizer over the online network only (the target network is never trained), and the optional

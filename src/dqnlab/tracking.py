@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import sys
@@ -10,9 +11,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fsspec.utils import get_protocol
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from dqnlab.errors import ConfigError, MissingExtraError
+from dqnlab.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,56 @@ def log_video(loggers: Iterable[Logger], key: str, path: Path, env_steps: int, f
             logger.experiment.log({key: wandb.Video(str(path), fps=fps, format="mp4"), "env_steps": env_steps})
 
 
+class _AtomicMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, keeping every row and replacing ``metrics.csv`` whole and atomically at each save."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.rows: list[dict[str, Any]] = []  # every row of this run, carried-over ones included
+        super().__init__(log_dir=log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here; it stays until the first save replaces it, so a run
+        # killed before that (a resume killed again) still leaves its history on disk.
+        return
+
+    def save(self) -> None:
+        """Write all rows so far to a temp file and rename it over ``metrics.csv`` (remote paths: Lightning's way)."""
+        if get_protocol(self.metrics_file_path) not in ("file", "local"):
+            super().save()
+            return
+        if not self.metrics:
+            return
+        self.rows.extend(self.metrics)
+        self.metrics = []
+        self.metrics_keys = sorted(set().union(*self.rows))  # Lightning's column order: sorted names
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_bytes(self.metrics_file_path, text.getvalue().encode())
+
+
+class AtomicCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` whose ``metrics.csv`` is never lost or half-written (``conf/logger/csv.yaml``).
+
+    Lightning's logger deletes an existing ``metrics.csv`` when it starts, appends to it in place and rewrites
+    it in place when a new column appears: a kill at the wrong moment loses the history or leaves a cut-off
+    row. Here each save replaces the whole file atomically (temp file + rename; it is small: one row per
+    ``collector.log_every`` env steps), and the old file stays until then. The checkpoint callback saves the
+    loggers before every checkpoint, so the file always holds the rows up to the newest checkpoint, the ones a
+    resume keeps (:func:`carry_over_csv_rows`).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AtomicMetricsWriter:
+        """The writer, created on first use (as Lightning's)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AtomicMetricsWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def read_metric_rows(path: Path, max_step: int) -> list[dict[str, Any]]:
     """Rows of a CSV logger's ``metrics.csv`` with ``step <= max_step``, empty cells dropped."""
     if not path.is_file():
@@ -153,9 +208,10 @@ def read_metric_rows(path: Path, max_step: int) -> list[dict[str, Any]]:
 def carry_over_csv_rows(loggers: Iterable[Logger], rows: list[dict[str, Any]]) -> None:
     """Write the rows of an earlier run into each CSV logger again.
 
-    Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts, so a run resumed in its own run
-    dir would lose the history before the checkpoint; the rows up to the checkpoint's env step are read first
-    and written back here.
+    A run resumed in its own run dir starts a new ``metrics.csv`` (Lightning's CSV logger deletes the old one;
+    :class:`AtomicCSVLogger` replaces it at its first save), so the rows up to the checkpoint's env step are
+    read first and written back here; rows the killed run logged after its checkpoint are left out, as the
+    resumed run logs them again.
     """
     if not rows:
         return

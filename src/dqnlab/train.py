@@ -30,9 +30,10 @@ from dqnlab.checkpoint import (
 from dqnlab.collect import EnvStepper
 from dqnlab.envs import match_frame_stacking, torch_dtype
 from dqnlab.evaluation import Evaluator
-from dqnlab.io import atomic_write_json
+from dqnlab.io import atomic_write_json, remove_stale_temp_files
 from dqnlab.module import DQNModule
 from dqnlab.networks import build_network
+from dqnlab.nonfinite import NonFiniteGuard
 from dqnlab.progress import EnvStepProgressBar
 from dqnlab.replay import ReplayBuffer
 from dqnlab.tracking import carry_over_csv_rows, finish_wandb, read_metric_rows
@@ -141,8 +142,16 @@ def build(cfg: DictConfig) -> Components:
             render_env_factory=partial(make_render_env, cfg.env),
         )
         # ResumeState first: it restores the global RNG states before any other hook of the first step runs.
+        # The guard right after the collector: it acts on the non-finite count of the row the collector logs.
         config = OmegaConf.to_container(cfg, resolve=True)
-        callbacks: list[pl.Callback] = [ResumeState(collector, config), collector, instantiate(cfg.target), evaluator]
+        guard = NonFiniteGuard(collector, cfg.get("nonfinite", "error"), checkpoint_dir(cfg))
+        callbacks: list[pl.Callback] = [
+            ResumeState(collector, config),
+            collector,
+            guard,
+            instantiate(cfg.target),
+            evaluator,
+        ]
         if cfg.get("progress_bar", True):
             callbacks.append(EnvStepProgressBar(collector))
         checkpoint = build_checkpoint(cfg, collector)
@@ -198,7 +207,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, verbose=False)
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))  # a corrupt last.ckpt: ConfigError
+    for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
+        remove_stale_temp_files(folder)
     earlier_rows: list[dict[str, Any]] = []
     if ckpt_path is not None:
         resume = peek_checkpoint(ckpt_path)
@@ -206,7 +217,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         changes = config_changes(resume["config"], cfg)
         if changes:
             log.warning("the config differs from the checkpoint's run in: %s", "; ".join(changes[:12]))
-        # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger deletes it).
+        # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger starts anew).
         earlier_rows = read_metric_rows(out_dir / "metrics.csv", resume["env_steps"])
 
     parts: Components | None = None

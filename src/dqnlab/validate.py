@@ -142,6 +142,7 @@ KNOBS: tuple[Knob, ...] = (
 CHOICES: dict[str, tuple[str, ...]] = {
     "algo.loss": ("mse", "huber", "cross_entropy"),
     "buffer.stack_padding": ("reset", "zero"),
+    "nonfinite": ("error", "warn"),
 }
 
 # Values to suggest for keys a config group leaves as ??? (`env=gym` needs `env.id`).
@@ -373,46 +374,87 @@ def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None, num_envs:
     return []
 
 
-def check_checkpoint(path: str) -> list[str]:
+def _first_sentence(err: BaseException, limit: int = 120) -> str:
+    text = (str(err).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_checkpoint(p: Path) -> Any:
+    import torch
+
+    try:
+        return torch.load(p, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
+        return torch.load(p, map_location="cpu", weights_only=False)
+
+
+def _loads(p: Path) -> bool:
+    try:
+        _load_checkpoint(p)  # memory-mapped: cheap even for a checkpoint holding a large replay buffer
+    except Exception:
+        return False
+    return True
+
+
+def _unreadable_fix(p: Path, key: str | None) -> str:
+    """How to go on from an unreadable checkpoint: the newest readable one beside it, or starting afresh."""
+    others = sorted(
+        (q for q in p.parent.glob("*.ckpt") if q.is_file() and q.name != p.name),
+        key=lambda q: q.stat().st_mtime_ns,
+        reverse=True,
+    )
+    readable = next((q for q in others[:3] if _loads(q)), None)
+    afresh = f"move {p} away to start the run afresh" if key else "drop ckpt_path"
+    if readable is not None:
+        return f"resume from an earlier checkpoint of the run, e.g. ckpt_path={readable}, or {afresh}"
+    return f"pass another .ckpt file a dqnlab run wrote, or {afresh}"
+
+
+def check_checkpoint(path: str, key: str | None = None) -> list[str]:
     """Problems with ``ckpt_path``: it must be a Lightning checkpoint of a dqnlab run.
 
     The file is opened with ``mmap=True``, so its tensors (the replay buffer may be gigabytes) are not read.
-    Like the resume itself, this unpickles the file: load checkpoints you trust.
-    """
-    import torch
+    Like the resume itself, this unpickles the file: load checkpoints you trust. Nothing is ever written to it.
 
+    Args:
+        path: The checkpoint file.
+        key: How the messages name it when ``ckpt_path`` is an alias (``ckpt_path=last``); default
+            ``ckpt_path=<path>``.
+
+    """
     if path in _LIGHTNING_CKPT_ALIASES:
         return []
+    name = f"{key} ({path})" if key else f"ckpt_path={path}"
     p = Path(path).expanduser()
     if not p.exists():
-        return [f"ckpt_path={path} does not exist: pass the .ckpt file of an earlier run, or drop ckpt_path"]
+        return [f"{name} does not exist: pass the .ckpt file of an earlier run, or drop ckpt_path"]
     if not p.is_file():
-        return [f"ckpt_path={path} is not a file: pass the .ckpt file itself, not its directory"]
+        return [f"{name} is not a file: pass the .ckpt file itself, not its directory"]
     try:
-        try:
-            ckpt = torch.load(p, map_location="cpu", mmap=True, weights_only=False)
-        except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
-            ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = _load_checkpoint(p)
     except Exception as e:
+        # A half-written file cannot come from dqnlab (its writes are atomic), but a full disk, a copy cut
+        # short or a bad transfer can make one.
         return [
-            f"ckpt_path={path} is not a torch checkpoint ({type(e).__name__}): pass a .ckpt file a dqnlab run wrote"
+            f"{name} is not a torch checkpoint, or is truncated or corrupt ({type(e).__name__}: "
+            f"{_first_sentence(e)}); the file was left as it is: {_unreadable_fix(p, key)}"
         ]
     if not isinstance(ckpt, dict):
         return [
-            f"ckpt_path={path} holds a {type(ckpt).__name__}, not a Lightning checkpoint dict: pass a .ckpt "
-            "file a dqnlab run wrote"
+            f"{name} holds a {type(ckpt).__name__}, not a Lightning checkpoint dict: pass a .ckpt file a dqnlab "
+            "run wrote"
         ]
     missing = [k for k in LIGHTNING_CKPT_KEYS if k not in ckpt]
     if missing:
         return [
-            f"ckpt_path={path} is not a Lightning training checkpoint (no {', '.join(missing)}): pass a "
-            ".ckpt file a dqnlab run wrote (weights-only files cannot resume training)"
+            f"{name} is not a Lightning training checkpoint (no {', '.join(missing)}): pass a .ckpt file a "
+            "dqnlab run wrote (weights-only files cannot resume training)"
         ]
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not any(str(k).startswith("q_net.") for k in state):
         return [
-            f"ckpt_path={path} is a Lightning checkpoint but not of a dqnlab DQN (no q_net.* weights): pass "
-            "a .ckpt file a dqnlab run wrote"
+            f"{name} is a Lightning checkpoint but not of a dqnlab DQN (no q_net.* weights): pass a .ckpt file "
+            "a dqnlab run wrote"
         ]
     return []
 

@@ -1,0 +1,119 @@
+"""CartPole final greedy return of each DQN family switch, alone and all together, over seeds.
+
+    python scripts/family_table.py                          # 8 variants x seeds 0-2 on experiment=cartpole_fast
+    python scripts/family_table.py --seeds 0 --variants vanilla all
+    python scripts/family_table.py --append                 # also append the table to docs/benchmarks.md
+    python scripts/family_table.py --quick                  # tiny runs (checks the script, learns nothing)
+
+Each run is ``dqnlab.train.run`` on the composed config ``experiment=cartpole_fast`` plus the variant's overrides
+(and any extra overrides given on the command line), one after the other in this process. The table shows the
+final eval return (mean of ``eval.episodes`` greedy episodes) per seed, how many seeds reached 475 (CartPole-v1's
+"solved" threshold), and the mean wall time per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVED = 475.0  # CartPole-v1's reward threshold
+
+# C51's atoms must cover CartPole's discounted returns (up to ~100 at gamma 0.99), not Atari's clipped [-10, 10].
+C51 = ["algo=c51", "algo.loss=cross_entropy", "algo.v_min=0", "algo.v_max=100"]
+VARIANTS: dict[str, list[str]] = {
+    "vanilla": [],
+    "double": ["algo.double=true"],
+    "dueling": ["network.dueling=true"],
+    "n_step=3": ["algo.n_step=3"],
+    "prioritized": ["buffer=prioritized"],
+    "noisy": ["network.noisy=true"],
+    "c51": C51,
+    "all": [
+        "algo.double=true",
+        "network.dueling=true",
+        "algo.n_step=3",
+        "buffer=prioritized",
+        "network.noisy=true",
+        *C51,
+    ],
+}
+QUICK = ["env_steps=600", "collector.learning_starts=100", "collector.train_freq=4", "collector.gradient_steps=1"]
+
+
+def compose(overrides: list[str], output_dir: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+    return cfg
+
+
+def run_one(overrides: list[str]) -> tuple[float, float]:
+    """Final eval return and wall time of one run (outputs in a temporary directory)."""
+    from dqnlab.train import run
+
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        summary = run(compose(overrides, out))
+        return summary["eval/return_mean"], time.perf_counter() - t
+
+
+def table(results: dict[str, dict[int, float]], walls: dict[str, list[float]], seeds: list[int]) -> str:
+    header = ["variant", *[f"seed {s}" for s in seeds], "mean", f">= {SOLVED:g}", "s / run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, by_seed in results.items():
+        values = [by_seed[s] for s in seeds]
+        solved = sum(v >= SOLVED for v in values)
+        wall = sum(walls[name]) / len(walls[name])
+        cells = [name, *[f"{v:.0f}" for v in values], f"{sum(values) / len(values):.0f}"]
+        lines.append("| " + " | ".join([*cells, f"{solved}/{len(values)}", f"{wall:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--quick", action="store_true", help="tiny runs: checks the script, learns nothing")
+    parser.add_argument("--append", action="store_true", help="append the table to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    from dqnlab.train import _quiet_lightning
+
+    _quiet_lightning()
+    base = ["experiment=cartpole_fast", "logger=[]", "progress_bar=false", *(QUICK if args.quick else [])]
+    results: dict[str, dict[int, float]] = {}
+    walls: dict[str, list[float]] = {}
+    for name in args.variants:
+        for seed in args.seeds:
+            ret, wall = run_one([*base, *VARIANTS[name], *args.overrides, f"seed={seed}"])
+            results.setdefault(name, {})[seed] = ret
+            walls.setdefault(name, []).append(wall)
+            print(json.dumps({"variant": name, "seed": seed, "eval_return": ret, "wall_s": round(wall, 1)}), flush=True)
+    text = table(results, walls, args.seeds)
+    print(text)
+    if args.append:
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        machine = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), {gpu}"
+        cmd = "python scripts/family_table.py " + " ".join(a for a in sys.argv[1:] if a != "--append")
+        with (ROOT / "docs" / "benchmarks.md").open("a") as f:
+            f.write(f"\n### DQN family on CartPole ({dt.date.today().isoformat()})\n\n`{cmd}` on {machine}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
