@@ -49,8 +49,8 @@ def machine() -> str:
 def bare_loop(cfg) -> dict[str, float]:
     """The same DQN updates written as one plain PyTorch loop: no Lightning, no callbacks, no Hydra objects.
 
-    Same env, network class, optimizer, batch, replay ratio, loss, gradient clipping and target sync as the
-    dqnlab run it is compared with.
+    Same env, network class, optimizer, batch, replay ratio, loss (MSE/Huber, Double or not), gradient clipping
+    and target sync (hard or Polyak) as the dqnlab run it is compared with; no evaluation, logging or checkpoints.
     """
     from hydra.utils import instantiate
 
@@ -95,10 +95,25 @@ def bare_loop(cfg) -> dict[str, float]:
         if env_steps > col.learning_starts and (env_steps - col.learning_starts) % col.train_freq < n:
             for _ in range(col.gradient_steps):
                 idx = torch.randint(size, (algo.batch_size,))
-                q_taken = q(b_obs[idx]).gather(1, b_act[idx, None]).squeeze(1)
+                obs_b, next_b = b_obs[idx], b_next[idx]
+                if algo.double:
+                    q_all = q(torch.cat([obs_b, next_b]))
+                    q_b, next_online = q_all[: len(idx)], q_all[len(idx) :].detach()
+                else:
+                    q_b = q(obs_b)
+                q_taken = q_b.gather(1, b_act[idx, None]).squeeze(1)
                 with torch.no_grad():
-                    y = b_rew[idx] + algo.gamma * (~b_term[idx]) * target(b_next[idx]).max(1).values
-                loss = torch.nn.functional.mse_loss(q_taken, y)
+                    next_t = target(next_b)
+                    next_v = (
+                        next_t.gather(1, next_online.argmax(1, keepdim=True)).squeeze(1)
+                        if algo.double
+                        else next_t.max(1).values
+                    )
+                    y = b_rew[idx] + algo.gamma * (~b_term[idx]) * next_v
+                if algo.loss == "huber":
+                    loss = torch.nn.functional.smooth_l1_loss(q_taken, y)
+                else:
+                    loss = torch.nn.functional.mse_loss(q_taken, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if algo.max_grad_norm:
@@ -106,7 +121,8 @@ def bare_loop(cfg) -> dict[str, float]:
                 opt.step()
                 updates += 1
                 if updates % cfg.target.interval == 0:
-                    target.load_state_dict(q.state_dict())
+                    with torch.no_grad():
+                        torch._foreach_lerp_(list(target.parameters()), list(q.parameters()), cfg.target.tau)
     fit_s = time.perf_counter() - t_fit
     env.close()
     return {"fit_s": fit_s, "env_steps": env_steps, "updates": updates}

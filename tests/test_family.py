@@ -7,7 +7,9 @@ entry point. The learning tests on CartPole are at the end, marked ``slow``.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,7 @@ from dqnlab.prioritized import PrioritizedReplayBuffer, SumMinTree
 from dqnlab.replay import Batch, ReplayBuffer
 from dqnlab.rl_math import categorical_projection, dueling_aggregate, prioritized_weights
 from dqnlab.train import build, run
+from tests.conftest import ROOT
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -333,13 +336,13 @@ def test_importance_weights_match_the_formula():
 def test_new_transitions_enter_at_max_priority_and_invalid_ones_at_zero():
     buf = per_buffer(64, alpha=1.0)
     per_fill(buf, 5)
-    assert torch.all(buf.tree.leaves[:5] == 1.0)  # the initial maximum priority
+    assert torch.all(buf.priorities[:5] == 1.0)  # the initial maximum priority
     buf.update_priorities(torch.tensor([1, 2]), torch.tensor([4.0, 9.0]))
     per_fill(buf, 3, done_every=6, t0=5)  # the step from obs 5 ends an episode, the one from obs 6 is its autoreset
-    assert buf.tree.leaves[5].item() == pytest.approx(9.0 + 1e-6)  # the largest priority so far
-    assert buf.tree.leaves[6].item() == 0.0  # the autoreset transition
-    assert buf.tree.leaves[7].item() == pytest.approx(9.0 + 1e-6)
-    assert buf.tree.leaves[8:].sum().item() == 0.0
+    assert buf.priorities[5].item() == pytest.approx(9.0 + 1e-6)  # the largest priority so far
+    assert buf.priorities[6].item() == 0.0  # the autoreset transition
+    assert buf.priorities[7].item() == pytest.approx(9.0 + 1e-6)
+    assert buf.priorities[8:].sum().item() == 0.0
 
 
 @pytest.mark.parametrize("num_envs", [1, 3])
@@ -351,9 +354,9 @@ def test_priority_updates_land_on_their_indices_after_wrap_around(num_envs):
     assert times.min() >= 37 - 9 and times.max() <= 36  # only transitions still stored
     idx = b.indices.unique()
     errors = idx.double() * 0.5 + 1.0  # a value per flat index: a misplaced update would show
-    before = buf.tree.leaves.clone()
+    before = buf.priorities.clone()
     buf.update_priorities(idx, errors)
-    after = buf.tree.leaves
+    after = buf.priorities
     assert torch.allclose(after[idx], errors + 1e-6)
     others = torch.ones_like(after, dtype=torch.bool)
     others[idx] = False
@@ -365,7 +368,7 @@ def test_priority_updates_land_on_their_indices_after_wrap_around(num_envs):
     per_fill(buf, 5, done_every=4, t0=37)  # retiring slots drops their priorities
     for slot in range(buf.slots):
         stored = buf.obs[slot, 0, 0].item()
-        row = buf.tree.leaves[slot * num_envs : (slot + 1) * num_envs]
+        row = buf.priorities[slot * num_envs : (slot + 1) * num_envs]
         if (stored > 0 and stored % 4 == 0) or slot == buf.pos:  # autoreset step, or no transition yet
             assert torch.all(row == 0), (slot, stored)
         else:
@@ -383,7 +386,7 @@ def test_prioritized_frame_stacks_never_draw_the_overwritten_oldest_slots():
     uniform = set(ref.sample(4_000).obs[:, -1, 0].tolist())
     prioritized = set(buf.sample(4_000).obs[:, -1, 0].tolist())
     assert prioritized == uniform and len(uniform) == 12 - 1 - (k - 1)
-    assert int((buf.tree.leaves > 0).sum()) == len(uniform)
+    assert int((buf.priorities > 0).sum()) == len(uniform)
 
 
 def test_prioritized_state_dict_round_trip():
@@ -392,7 +395,7 @@ def test_prioritized_state_dict_round_trip():
     a.update_priorities(torch.tensor([3, 4, 5]), torch.tensor([2.0, 0.1, 7.0]))
     b = per_buffer(32, alpha=0.8)
     b.load_state_dict(a.state_dict())
-    assert torch.equal(a.tree.leaves, b.tree.leaves)
+    assert torch.equal(a.priorities, b.priorities)
     assert all(torch.equal(x, y) for x, y in zip(a.tree.sums, b.tree.sums))
     assert torch.equal(a.sample(64).indices, b.sample(64).indices)
 
@@ -407,14 +410,14 @@ def test_td_errors_become_the_new_priorities():
     s = batch.obs[:, 0].double()
     assert torch.allclose(out.errors.double(), (s - 0.99 * (s + 1)).abs(), atol=1e-5)  # the buffer's gamma
     buf.update_priorities(batch.indices, out.errors)
-    assert torch.allclose(buf.tree.leaves[batch.indices], (s - 0.99 * (s + 1)).abs() + 1e-3, atol=1e-5)
+    assert torch.allclose(buf.priorities[batch.indices], (s - 0.99 * (s + 1)).abs() + 1e-3, atol=1e-5)
 
 
 def test_training_updates_priorities(make_cfg):
     parts = build(make_cfg("debug=smoke", "buffer=prioritized", "logger=[]"))
     try:
         parts.trainer.fit(parts.module)
-        leaves = parts.buffer.tree.leaves
+        leaves = parts.buffer.priorities
         # 75 updates of 16 samples each replaced the initial priority 1 by many different |TD error|s.
         assert len(set(leaves[leaves > 0].tolist())) > 100
         assert parts.buffer._max_priority.item() > 1.0
@@ -602,3 +605,27 @@ def test_noisy_collector_still_honours_epsilon(make_cfg):
         assert parts.collector.epsilon == pytest.approx(0.3)
     finally:
         parts.close()
+
+
+# ---------------------------------------------------------------------------------------------- learning
+def family_variants() -> dict[str, list[str]]:
+    """The variants of scripts/family_table.py (one list for the table and the tests)."""
+    spec = importlib.util.spec_from_file_location("family_table", ROOT / "scripts" / "family_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
+
+
+VARIANTS = family_variants()
+# Run by default (CI: 2 cores, ~10 minutes for the whole suite); DQNLAB_FAMILY_LEARNING=all runs every variant.
+# Each is deterministic for its seed on one machine; docs/benchmarks.md has the seeds x variants table.
+CI_VARIANTS = ("all",)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cartpole_learns_with_each_switch(make_cfg, variant):
+    if variant not in CI_VARIANTS and os.environ.get("DQNLAB_FAMILY_LEARNING") != "all":
+        pytest.skip("set DQNLAB_FAMILY_LEARNING=all to train every variant (minutes each on 2 cores)")
+    summary = run(make_cfg("experiment=cartpole_fast", "logger=[]", "seed=0", *VARIANTS[variant]))
+    assert summary["eval/return_mean"] >= 475.0, summary

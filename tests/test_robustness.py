@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -29,10 +30,10 @@ from gymnasium.envs.classic_control import CartPoleEnv
 
 from dqnlab import io as dqn_io
 from dqnlab import train as train_module
-from dqnlab.errors import EXIT_CONFIG_ERROR, EXIT_TRAINING_ERROR, TrainingError
+from dqnlab.errors import EXIT_CONFIG_ERROR, EXIT_TRAINING_ERROR, ConfigError, TrainingError
 from dqnlab.module import DQNModule
 from dqnlab.train import run
-from dqnlab.validate import check_checkpoint
+from dqnlab.validate import check_checkpoint, validate_config
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
 
@@ -168,8 +169,23 @@ LOG_EVERY, LEARNING_STARTS, ENV_STEPS = 100, 200, 3500
 CHECKPOINTS = [f"env_steps_{n}.ckpt" for n in range(700, ENV_STEPS, 500)] + ["last.ckpt"]
 
 
+def _untimed(row: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in row.items() if not k.startswith("perf/")}
+
+
 def _checkpoint_times(folder: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in folder.glob("env_steps_*.ckpt")} if folder.is_dir() else {}
+
+
+def _wait_for_a_new_checkpoint(proc: subprocess.Popen, folder: Path, log_path: Path, timeout: float = 90) -> float:
+    """Block until ``proc`` writes (or rewrites) an ``env_steps_N.ckpt``; return when it was seen."""
+    before = _checkpoint_times(folder)
+    deadline = time.monotonic() + timeout
+    while _checkpoint_times(folder).items() <= before.items():
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.01)
+    return time.monotonic()
 
 
 def _plant_half_written_checkpoint(folder: Path) -> None:
@@ -195,16 +211,17 @@ def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     ckpts = run_dir / "checkpoints"
     command = [PYTHON, "train.py", *KILLED, f"hydra.run.dir={run_dir}", "ckpt_path=last"]  # a requeueable job
+    interval = None  # seconds between two checkpoints on this machine, measured in the first trial
     for trial in range(3):
-        before = _checkpoint_times(ckpts)
-        with (tmp_path / f"trial_{trial}.log").open("w") as log:
+        log_path = tmp_path / f"trial_{trial}.log"
+        with log_path.open("w") as log:
             proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=_env())
-            deadline = time.monotonic() + 90
-            while _checkpoint_times(ckpts).items() <= before.items():  # until this process writes a checkpoint
-                assert proc.poll() is None, (tmp_path / f"trial_{trial}.log").read_text()[-3000:]
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 1.5))
+            written = _wait_for_a_new_checkpoint(proc, ckpts, log_path)  # training is under way
+            if interval is None:
+                interval = _wait_for_a_new_checkpoint(proc, ckpts, log_path) - written
+            # Anywhere in the first half of a checkpoint interval (mid-update, mid-logging, mid-write): each trial
+            # then ends before the run does, whatever the machine's speed.
+            time.sleep(rng.uniform(0.0, 0.5) * interval)
             proc.kill()  # SIGKILL: no handler, no finally, no flush
             assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before the kill: lengthen it"
         assert not (run_dir / "summary.json").exists()
@@ -235,8 +252,38 @@ def test_sigkill_then_resume(tmp_path):
     assert max(b - a for a, b in itertools.pairwise(steps)) <= LOG_EVERY
     assert [int(r["step"]) for r in rows if r["eval/return_mean"]] == [ENV_STEPS]
 
+    # And it is the very history of the same run never killed (exact resume): only the timings differ.
+    uninterrupted = run(compose_cfg(KILLED, tmp_path / "uninterrupted"))
+    timing = {"wall_time_s", "env_steps_per_s"}
+    assert {k: v for k, v in summary.items() if k not in timing} == pytest.approx(
+        {k: v for k, v in uninterrupted.items() if k not in timing}
+    )
+    with (tmp_path / "uninterrupted" / "metrics.csv").open(newline="") as f:
+        reference = list(csv.DictReader(f))
+    assert [_untimed(r) for r in rows] == [_untimed(r) for r in reference]
+
+
+def test_killed_after_the_final_checkpoint_resume_writes_the_same_summary(finished_run, tmp_path):
+    """A kill between the final last.ckpt and summary.json (or a requeued finished job): same summary, same rows."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (run_dir / "summary.json").unlink()
+    metrics_before = (run_dir / "metrics.csv").read_text()
+    run(compose_cfg(["debug=smoke", "seed=1", "checkpoint.every=100", "ckpt_path=last"], run_dir))
+    timing = {"wall_time_s", "env_steps_per_s"}
+    summary, original = (json.loads((d / "summary.json").read_text()) for d in (run_dir, finished_run))
+    assert {k: v for k, v in summary.items() if k not in timing} == {
+        k: v for k, v in original.items() if k not in timing
+    }  # eval/return_mean and friends included: the final evaluation is in the final last.ckpt
+    assert (run_dir / "metrics.csv").read_text() == metrics_before
+
 
 # ---------------------------------------------------------------------------------------------- non-finite training
+def test_nonfinite_knob_is_validated(make_cfg):
+    with pytest.raises(ConfigError, match="nonfinite='ignore' is not known: use one of error, warn"):
+        validate_config(make_cfg("nonfinite=ignore"))
+
+
 @pytest.mark.slow
 def test_cli_nonfinite_loss_saves_a_finite_checkpoint_and_stops_naming_the_env_step(tmp_path):
     # lr 1e30: the first Adam step puts the weights near 1e30, so every later Q-value overflows to inf/NaN.

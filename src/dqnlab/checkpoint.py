@@ -294,7 +294,6 @@ class DQNCheckpoint(ModelCheckpoint):
         self._signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._warned_buffer = False
-        self._flushed_step = -1
 
     @property
     def last_path(self) -> Path:
@@ -324,16 +323,14 @@ class DQNCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # Loggers first (metrics.csv is only written on save): a resume after a kill keeps the metrics rows up to
-        # its checkpoint from the file, so they must be on disk before the checkpoint is.
-        if self._flushed_step != trainer.global_step:
-            self._flushed_step = trainer.global_step
-            for logger in trainer.loggers:
-                logger.save()
+        # its checkpoint from the file, so they must be on disk before the checkpoint is. (Nothing new: a no-op.)
+        for logger in trainer.loggers:
+            logger.save()
         super()._save_checkpoint(trainer, filepath)
 
-    def write_last(self, trainer: pl.Trainer) -> str:
-        """Write ``last.ckpt`` now (unless it already holds this gradient step); return its path."""
-        if self._last_global_step_saved != trainer.global_step or not self.last_model_path:
+    def write_last(self, trainer: pl.Trainer, force: bool = False) -> str:
+        """Write ``last.ckpt`` now (unless it already holds this gradient step and not ``force``); return its path."""
+        if force or self._last_global_step_saved != trainer.global_step or not self.last_model_path:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         return self.last_model_path
 
@@ -394,7 +391,10 @@ class DQNCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the final ``last.ckpt`` (after the final evaluation, which it then includes)."""
         self._restore_signal_handlers()
-        self.write_last(trainer)
+        # Also when a periodic checkpoint was taken at this very step: the final evaluation and the last metrics
+        # rows came after it, and a resume of the finished run (a requeued job, or one killed before summary.json
+        # was written) needs them to write the same summary.json.
+        self.write_last(trainer, force=True)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Put the previous signal handlers back."""

@@ -16,6 +16,7 @@ from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+_NO_STEP = 2**62  # "no non-finite gradient step yet" in DQNModule._nonfinite_first
 
 
 class TDLoss(NamedTuple):
@@ -111,8 +112,9 @@ class DQNModule(pl.LightningModule):
         # Loss and Q(s, a) summed on the device and read rarely (see pop_metrics): no host sync per step.
         self.register_buffer("_metric_sums", torch.zeros(2), persistent=False)
         self._metric_count = 0
-        # [skipped non-finite gradient steps, 1 + the first one's global_step (0 = none)] of the logging span.
-        self.register_buffer("_nonfinite", torch.zeros(2, dtype=torch.long), persistent=False)
+        # Skipped non-finite gradient steps of the logging span, and the global_step of the first of them.
+        self.register_buffer("_nonfinite_count", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("_nonfinite_first", torch.full((), _NO_STEP, dtype=torch.long), persistent=False)
         self.pending_nonfinite: NonFiniteSteps | None = None  # set by pop_metrics, taken by NonFiniteGuard
 
     def attach_buffer(self, buffer: ReplayBuffer) -> None:
@@ -198,8 +200,8 @@ class DQNModule(pl.LightningModule):
             self._update_priorities(batch.indices, torch.nan_to_num(errors, nan=0.0, posinf=0.0, neginf=0.0))
         if self.lr_end_factor != 1.0:
             self.lr_schedulers().step()  # manual optimization: Lightning leaves scheduler stepping to us
-        self._metric_sums[0] += torch.where(skip, 0.0, loss.detach())  # the means are over finite steps
-        self._metric_sums[1] += torch.where(skip, 0.0, q_mean)
+        # The means are over finite steps (pop_metrics subtracts the skipped ones from the count).
+        self._metric_sums += torch.where(skip, 0.0, torch.stack([loss.detach(), q_mean]))
         self._metric_count += 1
 
     def _clip_and_skip_nonfinite(self, loss: Tensor, q_mean: Tensor, optimizer: torch.optim.Optimizer) -> Tensor:
@@ -212,7 +214,7 @@ class DQNModule(pl.LightningModule):
         them by its momentum.
 
         Returns:
-            0-dim bool tensor: whether the step is skipped (counted in ``_nonfinite``).
+            0-dim bool tensor: whether the step is skipped (counted in ``_nonfinite_count``).
 
         """
         params = [p for p in self.q_net.parameters() if p.grad is not None]
@@ -223,15 +225,16 @@ class DQNModule(pl.LightningModule):
             norm = nn.utils.get_total_norm(grads)
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        skip = ~(torch.isfinite(loss.detach()) & torch.isfinite(q_mean) & torch.isfinite(norm))
+        # One check for all three: a sum with a non-finite term is non-finite (few kernels: this runs every step).
+        skip = ~torch.isfinite(loss.detach() + q_mean + norm)
         if optimizer.defaults.get("fused"):
             optimizer.found_inf = skip.float()  # read by torch's fused step (non-fused ones reject it)
         else:
             for g in grads:
                 g.masked_fill_(skip, 0.0)  # masked, not multiplied: NaN * 0 is NaN
-        first_unset = self._nonfinite[1] == 0
-        self._nonfinite[0] += skip
-        self._nonfinite[1] = torch.where(skip & first_unset, self.global_step + 1, self._nonfinite[1])
+        self._nonfinite_count += skip
+        first = self._nonfinite_first
+        torch.minimum(first, torch.where(skip, self.global_step, _NO_STEP), out=first)
         return skip
 
     def pop_metrics(self) -> dict[str, float]:
@@ -244,21 +247,22 @@ class DQNModule(pl.LightningModule):
         if count == 0:
             return {}
         loss_sum, q_sum = self._metric_sums.tolist()
-        skipped, first = self._nonfinite.tolist()  # the stream is drained by the line above: no second wait
+        skipped, first = torch.stack([self._nonfinite_count, self._nonfinite_first]).tolist()  # stream drained
         self._metric_sums.zero_()
-        self._nonfinite.zero_()
+        self._nonfinite_count.zero_()
+        self._nonfinite_first.fill_(_NO_STEP)
         self._metric_count = 0
         finite = count - skipped
         metrics = {"train/loss": loss_sum / finite, "train/q_mean": q_sum / finite} if finite else {}
         if skipped:
             metrics["train/nonfinite_steps"] = float(skipped)
-            self.pending_nonfinite = NonFiniteSteps(int(skipped), int(first) - 1)
+            self.pending_nonfinite = NonFiniteSteps(int(skipped), int(first))
         return metrics
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the metric sums of the current logging span, so a resumed run logs the same rows."""
         checkpoint["dqn_metric_sums"] = (self._metric_sums.detach().cpu().clone(), self._metric_count)
-        checkpoint["dqn_nonfinite"] = self._nonfinite.detach().cpu().clone()
+        checkpoint["dqn_nonfinite"] = (self._nonfinite_count.cpu().clone(), self._nonfinite_first.cpu().clone())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the metric sums saved by :meth:`on_save_checkpoint`."""
@@ -266,8 +270,10 @@ class DQNModule(pl.LightningModule):
             sums, count = checkpoint["dqn_metric_sums"]
             self._metric_sums.copy_(sums)
             self._metric_count = int(count)
-        if "dqn_nonfinite" in checkpoint:
-            self._nonfinite.copy_(checkpoint["dqn_nonfinite"])
+        if isinstance(checkpoint.get("dqn_nonfinite"), tuple):
+            count, first = checkpoint["dqn_nonfinite"]
+            self._nonfinite_count.copy_(count)
+            self._nonfinite_first.copy_(first)
 
     def configure_optimizers(self) -> Any:
         """Optimizer over the online network only (the target network is never trained), and the optional

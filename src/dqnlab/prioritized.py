@@ -12,6 +12,12 @@ flat index, with 0 for everything that must never be drawn: the autoreset steps 
 yet written, and slots retired by the ring (and, with frame stacks, the oldest slots whose stacks reach into
 overwritten frames, exactly the ones uniform sampling leaves out). Sampling, priority updates and new
 transitions are a few tensor operations per tree level on the buffer's device, with no host sync.
+
+New transitions reach the tree lazily: ``add`` only notes which flat indices it wrote (valid or not) and
+retired, and the next ``sample`` writes them all in one tree update. That is exact, because priorities only
+change after a sample (``update_priorities``), so the maximum priority a new transition gets is the same as
+if it had been written at once; and it makes an update phase of ``train_freq`` env steps cost one tree update
+instead of ``train_freq``.
 """
 
 from __future__ import annotations
@@ -193,6 +199,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.tree = SumMinTree(self.capacity, self.device, fanout)
         self._max_priority = torch.ones((), dtype=torch.float64, device=self.device)  # Algorithm 1: p_1 = 1
         self._env_ids = np.arange(self.num_envs)
+        # Written since the last flush, in order: flat indices, and whether each is a new valid transition
+        # (True: enters at the maximum priority) or not (False: an autoreset step or a retired slot, priority 0).
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.env_steps = 0  # env steps added (the unit of the beta schedule)
 
     @property
@@ -208,14 +217,33 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             return (self.pos + np.arange(self.frame_stack)) % self.slots
         return np.array([self.pos])
 
-    def _zero_retired(self) -> Tensor:
-        return torch.as_tensor((self._retired_slots()[:, None] * self.num_envs + self._env_ids).reshape(-1))
+    def _note_retired(self) -> None:
+        retired = (self._retired_slots()[:, None] * self.num_envs + self._env_ids).reshape(-1)
+        self._pending.append((retired, np.zeros(retired.shape[0], dtype=bool)))
+
+    def _flush(self) -> None:
+        """Write the pending new and retired transitions into the tree (one update)."""
+        if not self._pending:
+            return
+        idx = np.concatenate([i for i, _ in self._pending])
+        new = np.concatenate([v for _, v in self._pending])
+        self._pending.clear()
+        # An index written twice since the last flush (a slot written, then retired by a wrap) keeps its last write.
+        idx, last = np.unique(idx[::-1], return_index=True)
+        new = new[::-1][last]
+        values = torch.from_numpy(new).to(self.device) * self._max_priority
+        self.tree.set(torch.from_numpy(idx).to(self.device), values)
+
+    @property
+    def priorities(self) -> Tensor:
+        """``[capacity]`` the current priority of every flat index (0: never drawn); read-only."""
+        self._flush()
+        return self.tree.leaves[: self.capacity]
 
     def start(self, obs: np.ndarray | Tensor) -> None:
         """Write the reset observations; the slot they overwrite leaves the tree."""
         super().start(obs)
-        idx = self._zero_retired().to(self.device)
-        self.tree.set(idx, torch.zeros(idx.shape[0], device=self.device))
+        self._note_retired()
 
     def add(
         self,
@@ -230,13 +258,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         priority, its autoreset ones at 0, and the slots it retires leave the tree, in one tree update.
         """
         slot = self.pos
-        valid = torch.from_numpy(~self._last_done)  # which streams' transitions at `slot` are valid
+        valid = ~self._last_done  # which streams' transitions at `slot` are valid (a new array)
         super().add(actions, rewards, terminated, truncated, next_obs, resets)
-        retired = self._zero_retired()
-        idx = torch.cat([torch.as_tensor(slot * self.num_envs + self._env_ids), retired]).to(self.device)
-        values = torch.zeros(idx.shape[0], dtype=torch.float64, device=self.device)
-        values[: self.num_envs] = valid.to(self.device) * self._max_priority
-        self.tree.set(idx, values)
+        self._pending.append((slot * self.num_envs + self._env_ids, valid))
+        self._note_retired()
         self.env_steps += self.num_envs
 
     # ------------------------------------------------------------------ sampling
@@ -246,6 +271,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         importance-sampling weights in ``Batch.weights``.
         """
         self._sampleable()  # raises, from host counters, when nothing can be drawn yet
+        self._flush()
         u = torch.rand(batch_size, dtype=torch.float64, device=self.device, generator=self.generator)
         strata = torch.arange(batch_size, dtype=torch.float64, device=self.device)
         idx = self.tree.find((strata + u) * (self.tree.total() / batch_size))
@@ -260,6 +286,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             td_errors: ``[B]`` their new TD errors (or any non-negative per-sample loss, e.g. C51's KL).
 
         """
+        self._flush()
         priorities = (td_errors.detach().abs().to(torch.float64) + self.priority_eps) ** self.alpha
         self.tree.set(indices, priorities)
         self._max_priority = torch.maximum(self._max_priority, priorities.max())
@@ -269,7 +296,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """The uniform buffer's state plus the priorities (leaves only: the tree is rebuilt on load)."""
         return {
             **super().state_dict(),
-            "priorities": self.tree.leaves,
+            "priorities": self.priorities,
             "max_priority": self._max_priority,
             "per_env_steps": self.env_steps,
         }
@@ -277,7 +304,9 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
         super().load_state_dict(state)
-        self.tree.leaves.copy_(state["priorities"])
+        self._pending.clear()
+        self.tree.leaves.zero_()
+        self.tree.leaves[: self.capacity] = state["priorities"]
         self.tree.rebuild()
         self._max_priority = state["max_priority"].to(self.device, torch.float64).clone()
         self.env_steps = int(state["per_env_steps"])
