@@ -6,7 +6,6 @@ import torch
 from dqnlab.rl_math import (
     dqn_loss,
     elementwise_td_loss,
-    epsilon_greedy,
     hard_update,
     linear_schedule,
     polyak_update,
@@ -71,12 +70,3 @@ def test_hard_and_polyak_update():
     assert torch.allclose(target[1], torch.full((2,), 1.5))
     hard_update(target, online)
     assert all(torch.equal(a, b) for a, b in zip(target, online))
-
-
-def test_epsilon_greedy_extremes_and_rate():
-    q = torch.tensor([[0.0, 1.0, 0.0]]).repeat(20_000, 1)
-    assert torch.all(epsilon_greedy(q, 0.0) == 1)
-    g = torch.Generator().manual_seed(0)
-    actions = epsilon_greedy(q, 0.3, g)
-    # greedy w.p. 0.7 + 0.3/3 = 0.8
-    assert (actions == 1).float().mean().item() == pytest.approx(0.8, abs=0.02)

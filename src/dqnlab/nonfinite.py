@@ -74,14 +74,15 @@ class NonFiniteGuard(Callback):
         # The env-step counter the first skipped step ran at (exact for one env; the collector steps whole
         # vector steps, so with N envs it may be up to N - 1 higher).
         first_env_step = self.collector.env_steps_due(steps.first_gradient_step)
+        plural = "s" if steps.count > 1 else ""
         what = (
             f"non-finite loss, Q-value or gradient at env step {first_env_step} (gradient step "
-            f"{steps.first_gradient_step}): {steps.count} gradient step(s) skipped up to env step "
+            f"{steps.first_gradient_step}); {steps.count} gradient step{plural} skipped up to env step "
             f"{self.collector.env_steps}"
         )
         if self.mode == "warn":
             log.warning(
-                "%s, %d in all; the run goes on without them (nonfinite=warn). Try %s",
+                "%s (%d in all): the run goes on without them (nonfinite=warn). Try %s",
                 what,
                 self.skipped,
                 self._hints(pl_module),
@@ -91,7 +92,7 @@ class NonFiniteGuard(Callback):
         raise TrainingError(
             f"{what}.\n"
             f"Saved the last finite state to {path} (the parameters never took a non-finite value).\n"
-            f"Try {self._hints(pl_module)}; then resume with `python train.py ckpt_path={path} <the change> "
+            f"Try {self._hints(pl_module)}; resume with `python train.py ckpt_path={path} <the change> "
             "[same overrides]`, or start afresh. nonfinite=warn logs a warning and goes on instead."
         )
 
@@ -114,5 +115,4 @@ class NonFiniteGuard(Callback):
                 hints.append("algo.loss=huber (bounded gradients for large TD errors)")
             if not pl_module.max_grad_norm:
                 hints.append("algo.max_grad_norm=10")
-        hints.append("checking the env's rewards and observations for inf/NaN")
-        return ", ".join(hints)
+        return ", ".join(hints) + ", and check the env's rewards and observations for inf/NaN"

@@ -108,28 +108,6 @@ def polyak_update(target: Iterable[Tensor], online: Iterable[Tensor], tau: float
     torch._foreach_lerp_(list(target), list(online), tau)
 
 
-def epsilon_greedy(q_values: Tensor, epsilon: float, generator: torch.Generator | None = None) -> Tensor:
-    """Batched epsilon-greedy: the greedy action, replaced by a uniform one with probability ``epsilon``.
-
-    Args:
-        q_values: ``[N, A]`` Q-values for N environments.
-        epsilon: Exploration probability in [0, 1].
-        generator: RNG on the same device as ``q_values``.
-
-    Returns:
-        ``[N]`` int64 actions on the device of ``q_values``.
-
-    """
-    n, num_actions = q_values.shape
-    greedy = q_values.argmax(dim=1)
-    if epsilon <= 0.0:
-        return greedy
-    dev = q_values.device
-    explore = torch.rand(n, device=dev, generator=generator) < epsilon
-    random_actions = torch.randint(num_actions, (n,), device=dev, generator=generator)
-    return torch.where(explore, random_actions, greedy)
-
-
 def dueling_aggregate(value: Tensor, advantages: Tensor) -> Tensor:
     """Dueling aggregation ``Q = V + A - mean_a A`` (Wang et al. 2016, eq. 9).
 
