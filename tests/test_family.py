@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from dqnlab.errors import ConfigError
 from dqnlab.module import DQNModule
 from dqnlab.networks import MLP, NatureCNN, NoisyLinear, build_network
 from dqnlab.prioritized import PrioritizedReplayBuffer, SumMinTree
 from dqnlab.replay import Batch, ReplayBuffer
 from dqnlab.rl_math import categorical_projection, dueling_aggregate, prioritized_weights
 from dqnlab.train import build, run
+from dqnlab.validate import validate_config
 from tests.conftest import ROOT
 
 
@@ -550,6 +553,25 @@ def test_c51_config_needs_cross_entropy():
         DQNModule(TableNet(torch.zeros(2, 2)), lambda p: torch.optim.SGD(p, lr=0.1), loss="mse", num_atoms=51)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expect"),
+    [
+        (["algo=c51", "algo.loss=huber"], "loss=cross_entropy is the loss of a distributional learner"),
+        (["algo.loss=cross_entropy"], "loss=cross_entropy is the loss of a distributional learner"),
+        (["algo=c51", "algo.v_min=5", "algo.v_max=5"], "algo.v_min=5 must be below algo.v_max=5"),
+        (["algo=c51", "algo.num_atoms=0"], "algo.num_atoms=0 is out of range"),
+        (["buffer=prioritized", "buffer.alpha=-1"], "buffer.alpha=-1 is out of range"),
+        (["buffer=prioritized", "buffer.beta_start=1.5"], "buffer.beta_start=1.5 is out of range"),
+        (["buffer=prioritized", "buffer.priority_eps=0"], "buffer.priority_eps=0 is out of range"),
+        (["buffer=prioritized", "+buffer.apha=0.5"], "did you mean buffer.alpha"),
+        (["network.sigma0=0"], "network.sigma0=0 is out of range"),
+    ],
+)
+def test_family_knobs_are_validated(make_cfg, overrides, expect):
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        validate_config(make_cfg("debug=smoke", *overrides))
+
+
 # ---------------------------------------------------------------------------------------------- composition
 ALL_SWITCHES = (
     "algo.double=true",
@@ -627,5 +649,5 @@ CI_VARIANTS = ("all",)
 def test_cartpole_learns_with_each_switch(make_cfg, variant):
     if variant not in CI_VARIANTS and os.environ.get("DQNLAB_FAMILY_LEARNING") != "all":
         pytest.skip("set DQNLAB_FAMILY_LEARNING=all to train every variant (minutes each on 2 cores)")
-    summary = run(make_cfg("experiment=cartpole_fast", "logger=[]", "seed=0", *VARIANTS[variant]))
+    summary = run(make_cfg("logger=[]", "seed=0", *VARIANTS[variant]))
     assert summary["eval/return_mean"] >= 475.0, summary

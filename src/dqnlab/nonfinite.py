@@ -1,6 +1,6 @@
 """Stop, or warn, when training turns non-finite: the callback behind the ``nonfinite`` knob (``conf/train.yaml``).
 
-:class:`~dqnlab.module.DQNModule` checks every gradient step's loss, mean Q-value and gradient norm on the device
+:class:`~dqnlab.module.DQNModule` checks every gradient step's loss, mean Q-value and gradients on the device
 and skips a non-finite update there, so the parameters never take a non-finite value and the hot loop never
 waits for the device. The count reaches the host once per logged row (``collector.log_every`` env steps), in
 the one host sync :meth:`~dqnlab.module.DQNModule.pop_metrics` already makes; this callback acts on it right
