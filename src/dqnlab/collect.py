@@ -212,6 +212,9 @@ class EnvStepper(Callback):
         metrics.update(pl_module.pop_metrics())
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.env_steps)
+            # Lightning flushes by its own step count, which here is env steps: flush per row so metrics.csv
+            # and TensorBoard files follow the run live (a row every log_every env steps is cheap to write).
+            logger.save()
         self._last_log_time = now
         self._last_log_env_steps = self.env_steps
         self._last_log_gradient_steps = trainer.global_step
