@@ -143,7 +143,7 @@ def dqnlab_loop(cfg) -> dict[str, float]:
 
 
 def suite_cartpole_cpu(args) -> dict:
-    quick = ["env_steps=800", "collector.learning_starts=200", "env.max_episode_steps=50"]
+    quick = ["env_steps=1000", "collector.learning_starts=400", "env.max_episode_steps=50"]
     overrides = [
         *(quick if args.quick else ["env_steps=30000"]),
         "progress_bar=false",
@@ -180,7 +180,7 @@ def suite_cartpole_solve(args) -> dict:
     import tempfile
 
     seeds = [0] if args.quick else [0, 1, 2, 3, 4]
-    extra = ["env_steps=600", "collector.learning_starts=200", "eval.episodes=2"] if args.quick else []
+    extra = ["env_steps=800", "collector.learning_starts=400", "eval.episodes=2"] if args.quick else []
     rows, results = [], []
     for seed in seeds:
         with tempfile.TemporaryDirectory() as tmp:

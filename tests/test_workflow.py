@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -299,7 +300,7 @@ def test_progress_bar_renders_env_steps_return_epsilon_and_speed(make_cfg, capsy
     run(make_cfg("debug=smoke", "progress_bar=true"))
     out = capsys.readouterr().out
     assert "env steps" in out and "400/400" in out
-    assert "eps 0.050" in out and "steps/s" in out and "return" in out
+    assert re.search(r"eps 0\.\d{3}", out) and "steps/s" in out and "return" in out
 
 
 # ---------------------------------------------------------------------------------------------- sweeps and plots

@@ -172,7 +172,7 @@ class MLP(nn.Module):
         self,
         obs_shape: Sequence[int],
         num_actions: int,
-        hidden_sizes: Sequence[int] = (256, 256),
+        hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "relu",
         dueling: bool = False,
         noisy: bool = False,
