@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from dqnlab.networks import has_noise, reset_noise
+from dqnlab.networks import noisy_layers, resample_noise
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
@@ -104,7 +104,9 @@ class DQNModule(pl.LightningModule):
         self.lr_end_factor = float(lr_end_factor)
         self.n_step = int(n_step)
         self.num_atoms = int(num_atoms)
-        self.noisy = has_noise(network)
+        # Noisy layers, listed once: their noise is resampled before every update and acting step.
+        self._noisy_online, self._noisy_target = noisy_layers(self.q_net), noisy_layers(self.target_net)
+        self.noisy = bool(self._noisy_online)
         # The atoms z_i (return units); not persistent: they follow from the config.
         self.register_buffer("support", torch.linspace(v_min, v_max, max(self.num_atoms, 2)), persistent=False)
         self.buffer: ReplayBuffer | None = None
@@ -144,7 +146,7 @@ class DQNModule(pl.LightningModule):
         2018), so each acting step gets its own.
         """
         if self.noisy:
-            reset_noise(self.q_net)
+            resample_noise(self._noisy_online)
         return self.forward(obs).argmax(dim=1)
 
     def td_loss(self, batch: Batch) -> TDLoss:
@@ -189,8 +191,8 @@ class DQNModule(pl.LightningModule):
         batch, _, _ = next(dataloader_iter)
         opt = self.optimizers()
         if self.noisy:  # independent noise for the online and the target network, new at every update
-            reset_noise(self.q_net)
-            reset_noise(self.target_net)
+            resample_noise(self._noisy_online)
+            resample_noise(self._noisy_target)
         loss, q_mean, errors = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)

@@ -91,16 +91,29 @@ class NoisyLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def noisy_layers(network: nn.Module) -> list[NoisyLinear]:
+    """The :class:`NoisyLinear` layers of ``network`` (empty: the network has no noise)."""
+    return [m for m in network.modules() if isinstance(m, NoisyLinear)]
+
+
+@torch.no_grad()
+def resample_noise(layers: Sequence[NoisyLinear]) -> None:
+    """Draw new noise for all ``layers`` at once: one ``randn`` and one copy for the whole network.
+
+    The learner does this before every update and every acting step, so it is kept to a handful of ops
+    rather than a dozen per layer (:meth:`NoisyLinear.reset_noise`); the distribution is the same.
+    """
+    if not layers:
+        return
+    buffers = [b for m in layers for b in (m.eps_in, m.eps_out)]
+    noise = torch.randn(sum(b.numel() for b in buffers), device=buffers[0].device)
+    noise = noise.sign() * noise.abs().sqrt()  # f(x) = sign(x) sqrt(|x|)
+    torch._foreach_copy_(buffers, noise.split([b.numel() for b in buffers]))
+
+
 def reset_noise(network: nn.Module) -> None:
     """Resample the noise of every :class:`NoisyLinear` in ``network`` (nothing happens without one)."""
-    for m in network.modules():
-        if isinstance(m, NoisyLinear):
-            m.reset_noise()
-
-
-def has_noise(network: nn.Module) -> bool:
-    """Whether ``network`` contains :class:`NoisyLinear` layers."""
-    return any(isinstance(m, NoisyLinear) for m in network.modules())
+    resample_noise(noisy_layers(network))
 
 
 LinearFactory = Callable[[int, int], nn.Module]
@@ -193,12 +206,10 @@ class MLP(nn.Module):
         for h in hidden_sizes:
             layers += [linear(width, int(h)), act()]
             width = int(h)
-        self.dueling: DuelingHead | None = None
-        if dueling:
-            self.dueling = DuelingHead(width, num_actions, num_atoms, 0, linear)
-        else:
+        if not dueling:
             layers.append(linear(width, num_actions * num_atoms))
         self.net = nn.Sequential(*layers)
+        self.dueling = DuelingHead(width, num_actions, num_atoms, 0, linear) if dueling else None
 
     def forward(self, obs: Tensor) -> Tensor:
         """``[B, obs_dim]`` -> ``[B, num_actions]`` (``[B, num_actions, num_atoms]`` logits if distributional)."""
