@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +18,12 @@ from rich.progress import (
 )
 
 from dqnlab.collect import EnvStepper
+
+
+def _console() -> Console:
+    """The terminal's console; in a log file (no terminal) a wide one, as rich would cut the line at 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 class EnvStepProgressBar(Callback):
@@ -41,15 +48,14 @@ class EnvStepProgressBar(Callback):
         """Open the bar."""
         self._progress = Progress(
             TextColumn("[bold]env steps"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn(
-                "return {task.fields[ret]}  eps {task.fields[eps]:.3f}  {task.fields[sps]:,.0f} steps/s"
-            ),
+            TextColumn("return {task.fields[ret]}  eps {task.fields[eps]:.3f}  {task.fields[sps]:,.0f} steps/s"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             transient=False,
+            console=_console(),
         )
         self._progress.start()
         c = self.collector
