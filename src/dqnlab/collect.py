@@ -218,7 +218,6 @@ class EnvStepper(Callback):
         self._last_log_time = now
         self._last_log_env_steps = self.env_steps
         self._last_log_gradient_steps = trainer.global_step
-        self.last_metrics = metrics
         return metrics
 
     # ------------------------------------------------------------------ checkpointing
