@@ -163,6 +163,7 @@ class ResumeState(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """RNG states and the env state (``None`` when the env cannot be saved)."""
+        self.collector.finish_pending_step()  # no env step in flight while the env's state is read
         blob, why = save_env_state(self.collector.env)
         if blob is None and not self._warned_env:
             self._warned_env = True

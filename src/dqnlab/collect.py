@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,49 @@ from pytorch_lightning.callbacks import Callback
 
 from dqnlab.replay import ReplayBuffer
 from dqnlab.rl_math import linear_schedule
+
+StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
+
+
+class EnvPipe:
+    """Send a vector step now and receive its results later, so the env steps while the host does other work.
+
+    ale-py's vector env has this natively (``send``/``recv``: its C++ threads step the games); any other vector
+    env is stepped by one worker thread (no gain for Python envs under the GIL, but the same code path).
+
+    Args:
+        env: The vector env; one step may be in flight at a time.
+
+    """
+
+    def __init__(self, env: VectorEnv) -> None:
+        self.env = env
+        self.native = callable(getattr(env, "send", None)) and callable(getattr(env, "recv", None))
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[StepResult] | None = None
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start stepping all envs with ``actions``."""
+        if self.native:
+            self.env.send(actions)  # type: ignore[attr-defined]
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dqnlab-env")
+        self._future = self._pool.submit(self.env.step, actions)
+
+    def recv(self) -> StepResult:
+        """Wait for the step sent last and return what ``env.step`` returns."""
+        if self.native:
+            return self.env.recv()  # type: ignore[attr-defined]
+        assert self._future is not None, "recv() without send()"
+        future, self._future = self._future, None
+        return future.result()
+
+    def close(self) -> None:
+        """Stop the worker thread, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 class EnvStepper(Callback):
@@ -33,6 +77,11 @@ class EnvStepper(Callback):
         exploration_fraction: Length of the linear ramp as a fraction of ``total_env_steps``.
         log_every: Env steps between logged rows of rollout/train/perf metrics.
         seed: Seed for the env reset and the exploration RNG.
+        async_envs: Overlap env stepping with the updates: after storing a vector step, choose and send the
+            next one at once, so the envs step while the updates of this phase run (ale-py's ``send``/``recv``,
+            or a worker thread). Its actions then come from the network one update phase earlier than in the
+            synchronous order; the replay ratio and every counter stay the same. ``auto``: on when the learner
+            is on a GPU, where the updates run asynchronously to the host.
 
     """
 
@@ -49,6 +98,7 @@ class EnvStepper(Callback):
         exploration_fraction: float = 0.1,
         log_every: int = 1000,
         seed: int = 0,
+        async_envs: bool | str = "auto",
     ) -> None:
         if train_freq < 1 or gradient_steps < 1:
             raise ValueError(
@@ -69,6 +119,12 @@ class EnvStepper(Callback):
         self.log_every = int(log_every)
         self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
+        if async_envs not in (True, False, "auto"):
+            raise ValueError(f"collector.async_envs={async_envs!r}: use auto, true or false")
+        self.async_envs = async_envs
+        self._async = False  # resolved in on_fit_start
+        self._pipe = EnvPipe(env)
+        self._in_flight: np.ndarray | None = None  # actions of a vector step sent and not yet received
 
         self.env_steps = 0  # env steps taken (a vector step of N envs counts N)
         self.episodes = 0
@@ -83,6 +139,7 @@ class EnvStepper(Callback):
         self._next_log = self.log_every
         self._restored = False
         self._last_log_time = 0.0
+        self._fit_start_time = time.perf_counter()
         self._last_log_env_steps = 0
         self._last_log_gradient_steps = 0
 
@@ -103,8 +160,15 @@ class EnvStepper(Callback):
         phase = gradient_step // self.gradient_steps
         return self.learning_starts + (phase + 1) * self.train_freq
 
+    @property
+    def last_env_steps_due(self) -> int:
+        """Env steps the whole run needs: no vector step is sent beyond them, even ahead of time."""
+        total = self.total_gradient_steps
+        return max(self.learning_starts, self.env_steps_due(total - 1) if total else 0)
+
     # ------------------------------------------------------------------ stepping
     def _reset(self) -> None:
+        self.finish_pending_step()
         obs, _ = self.env.reset(seed=self.seed)
         self.env.action_space.seed(self.seed)
         self._obs = obs
@@ -117,6 +181,7 @@ class EnvStepper(Callback):
         The unfinished episodes are dropped from the statistics; the buffer keeps what it holds and starts a
         new episode in every stream.
         """
+        self.finish_pending_step()
         obs, _ = self.env.reset(seed=seed)
         self._obs = obs
         self.buffer.start(obs)
@@ -135,9 +200,31 @@ class EnvStepper(Callback):
         return np.where(explore, random_actions, greedy)
 
     def step(self, pl_module: pl.LightningModule, random: bool = False) -> None:
-        """One vector step of all envs: act, store the transitions, track episodes."""
-        actions = self._act(pl_module, 1.0 if random else self.epsilon)
-        next_obs, rewards, terminated, truncated, info = self.env.step(actions)
+        """One vector step of all envs: act, store the transitions, track episodes.
+
+        With ``async_envs`` the step may already be in flight (sent at the end of the previous call); the next
+        one is then chosen and sent before this returns, unless the run needs no more env steps.
+        """
+        if self._in_flight is None:
+            self._send(self._act(pl_module, 1.0 if random else self.epsilon))
+        self._receive()
+        if self._async and self.env_steps < self.last_env_steps_due:
+            # Prefill takes random actions while env_steps < learning_starts, as the synchronous order does.
+            self._send(self._act(pl_module, 1.0 if self.env_steps < self.learning_starts else self.epsilon))
+
+    def finish_pending_step(self) -> None:
+        """Receive and store a vector step still in flight (before a checkpoint, a reset or the end)."""
+        if self._in_flight is not None:
+            self._receive()
+
+    def _send(self, actions: np.ndarray) -> None:
+        self._pipe.send(actions)
+        self._in_flight = actions
+
+    def _receive(self) -> None:
+        actions, self._in_flight = self._in_flight, None
+        assert actions is not None
+        next_obs, rewards, terminated, truncated, info = self._pipe.recv()
         # Reporting uses the raw game score and full games where the env learns from clipped rewards and
         # life losses (Atari); plain envs report what they learn from.
         raw = info.get("raw_reward", rewards)
@@ -165,6 +252,8 @@ class EnvStepper(Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reset the env and prefill ``learning_starts`` random env steps (skipped when resuming)."""
+        self._fit_start_time = time.perf_counter()
+        self._async = self.async_envs is True or (self.async_envs == "auto" and pl_module.device.type == "cuda")
         if not self._restored:
             self._reset()
             self.step_until(pl_module, self.learning_starts, random=True)
@@ -186,6 +275,7 @@ class EnvStepper(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the last partial row, if anything happened since the last row (no empty row at a logged step)."""
+        self.finish_pending_step()
         if self.env_steps > self._last_log_env_steps or trainer.global_step > self._last_log_gradient_steps:
             self.log_row(trainer, pl_module)
 
@@ -201,6 +291,7 @@ class EnvStepper(Callback):
             "rollout/episodes": float(self.episodes),
             "perf/env_steps_per_s": (self.env_steps - self._last_log_env_steps) / dt,
             "perf/updates_per_s": (trainer.global_step - self._last_log_gradient_steps) / dt,
+            "perf/wall_s": now - self._fit_start_time,  # since this process started fitting (prefill included)
         }
         if self._new_returns:
             metrics["rollout/episode_return"] = float(np.mean(self._new_returns))
@@ -220,9 +311,17 @@ class EnvStepper(Callback):
         self._last_log_gradient_steps = trainer.global_step
         return metrics
 
+    def close(self) -> None:
+        """Stop the stepping thread, if any (the env itself is closed by its owner)."""
+        self._pipe.close()
+
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Counters, exploration RNG, episode bookkeeping and the replay buffer, for an exact resume."""
+        """Counters, exploration RNG, episode bookkeeping and the replay buffer, for an exact resume.
+
+        A vector step in flight is received and stored first: a checkpoint never holds half a step.
+        """
+        self.finish_pending_step()
         return {
             "env_steps": self.env_steps,
             "episodes": self.episodes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
@@ -11,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from dqnlab.errors import ConfigError
+from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.networks import noisy_layers, resample_noise
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
@@ -62,6 +65,10 @@ class DQNModule(pl.LightningModule):
             ``cross_entropy``.
         v_min: Smallest atom (return units) when ``num_atoms > 1``.
         v_max: Largest atom (return units) when ``num_atoms > 1``.
+        cuda_graph: Record the whole update (and the replay draw) as CUDA graphs and replay them
+            (:mod:`dqnlab.graphs`): ``auto`` on a GPU, ``true`` (a GPU is required), ``false`` eager. The
+            optimizer is then built with ``capturable=True``. Same updates as eager; on a GPU host-bound by
+            Python, several times faster.
 
     Noisy networks (``network.noisy=true``) need no switch here: their noise is resampled before every update
     (online and target networks independently) and every acting step (:meth:`greedy_actions`).
@@ -81,8 +88,11 @@ class DQNModule(pl.LightningModule):
         num_atoms: int = 1,
         v_min: float = -10.0,
         v_max: float = 10.0,
+        cuda_graph: bool | str = "auto",
     ) -> None:
         super().__init__()
+        if cuda_graph not in (True, False, "auto"):
+            raise ValueError(f"algo.cuda_graph={cuda_graph!r}: use auto, true or false")
         if loss not in ("mse", "huber", "cross_entropy"):
             raise ValueError(f"algo.loss={loss!r} is not known: use mse, huber or cross_entropy (C51)")
         if (num_atoms > 1) != (loss == "cross_entropy"):
@@ -119,6 +129,10 @@ class DQNModule(pl.LightningModule):
         self.register_buffer("_nonfinite_first", torch.full((), _NO_STEP, dtype=torch.long), persistent=False)
         self.register_buffer("_one", torch.ones(()), persistent=False)  # the "inverse scale" of the AMP check
         self.pending_nonfinite: NonFiniteSteps | None = None  # set by pop_metrics, taken by NonFiniteGuard
+        # The 0-based index of the next gradient step, on the device: a recorded graph cannot read global_step.
+        self.register_buffer("_step_t", torch.zeros((), dtype=torch.long), persistent=False)
+        self.cuda_graph = cuda_graph
+        self._runner: GraphedUpdate | None = None  # runs (and on a GPU records) the update; configure_optimizers
 
     def attach_buffer(self, buffer: ReplayBuffer) -> None:
         """Give the module the replay buffer its dataloader samples from (and, if it has priorities, update them)."""
@@ -189,23 +203,42 @@ class DQNModule(pl.LightningModule):
     def training_step(self, dataloader_iter: Iterator[Any]) -> None:
         """One TD update. The batch is drawn here, after the env-stepping callback has run for this step."""
         batch, _, _ = next(dataloader_iter)
-        opt = self.optimizers()
-        if self.noisy:  # independent noise for the online and the target network, new at every update
-            resample_noise(self._noisy_online)
-            resample_noise(self._noisy_target)
-        loss, q_mean, errors = self.td_loss(batch)
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, opt.optimizer)
-        opt.step()
+        if self._runner is None:
+            raise RuntimeError("DQNModule.configure_optimizers() must run before training_step")
+        runner = self._runner
+        # The whole update, optimizer step included, is the closure (see ClosureOnlyOptimizer): Lightning counts
+        # the step and runs its hooks; the runner replays it as a CUDA graph once recorded.
+        (errors,) = self.optimizers().step(closure=lambda: runner(batch))
         if self._update_priorities is not None:
             # device ops only: no host sync; a skipped step's NaN errors must not poison the priorities
             self._update_priorities(batch.indices, torch.nan_to_num(errors, nan=0.0, posinf=0.0, neginf=0.0))
         if self.lr_end_factor != 1.0:
             self.lr_schedulers().step()  # manual optimization: Lightning leaves scheduler stepping to us
+        self._metric_count += 1
+
+    def _update(self, batch: Batch, optimizer: torch.optim.Optimizer) -> tuple[Tensor]:
+        """The update itself, eager or recorded: device ops only, no Python state that changes between steps.
+
+        Args:
+            batch: The minibatch.
+            optimizer: The torch optimizer of the online network.
+
+        Returns:
+            The ``[B]`` TD errors (new priorities for prioritized replay), as a 1-tuple.
+
+        """
+        if self.noisy:  # independent noise for the online and the target network, new at every update
+            resample_noise(self._noisy_online)
+            resample_noise(self._noisy_target)
+        loss, q_mean, errors = self.td_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, optimizer)
+        optimizer.step()
         # The means are over finite steps (pop_metrics subtracts the skipped ones from the count).
         self._metric_sums += torch.where(skip, 0.0, loss_and_q)
-        self._metric_count += 1
+        self._step_t += 1
+        return (errors,)
 
     def _clip_and_skip_nonfinite(
         self, loss: Tensor, q_mean: Tensor, optimizer: torch.optim.Optimizer
@@ -241,7 +274,7 @@ class DQNModule(pl.LightningModule):
                 g.masked_fill_(skip, 0.0)  # masked, not multiplied: NaN * 0 is NaN
         self._nonfinite_count += skip
         first = self._nonfinite_first
-        torch.minimum(first, torch.where(skip, self.global_step, _NO_STEP), out=first)
+        torch.minimum(first, torch.where(skip, self._step_t, _NO_STEP), out=first)
         return skip, loss_and_q
 
     def pop_metrics(self) -> dict[str, float]:
@@ -282,20 +315,52 @@ class DQNModule(pl.LightningModule):
             self._nonfinite_count.copy_(count)
             self._nonfinite_first.copy_(first)
 
+    def uses_cuda_graph(self) -> bool:
+        """Whether this fit records the update as a CUDA graph (``cuda_graph`` and the module's device)."""
+        available = graphs_available(self.device)
+        if self.cuda_graph is True and not available:
+            raise ConfigError(
+                f"algo.cuda_graph=true needs the module on a CUDA GPU (it is on {self.device}): "
+                "use trainer=gpu, or algo.cuda_graph=auto"
+            )
+        return bool(self.cuda_graph) and available
+
+    def on_train_start(self) -> None:
+        """Start the device-side step counter at Lightning's (a resumed run continues its count)."""
+        self._step_t.fill_(self.global_step)
+
     def configure_optimizers(self) -> Any:
         """Optimizer over the online network only (the target network is never trained), and the optional
         linear learning-rate annealing over ``trainer.max_steps`` gradient steps.
+
+        Lightning steps a :class:`~dqnlab.graphs.ClosureOnlyOptimizer` around the torch optimizer: its closure is
+        the whole update (:meth:`_update`), eager on the CPU and replayed as a CUDA graph on a GPU, where the
+        optimizer is built ``capturable=True`` (its step count stays on the GPU).
         """
-        opt = self.optimizer_factory(self.q_net.parameters())
+        graphed = self.uses_cuda_graph()
+        params = self.q_net.parameters()
+        opt = self.optimizer_factory(params, capturable=True) if graphed else self.optimizer_factory(params)
+        if graphed and self.lr_end_factor != 1.0:
+            # A recorded step keeps a float lr forever; a tensor lr is read at every replay, and torch's
+            # schedulers fill it in place.
+            for group in opt.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        self._runner = GraphedUpdate(partial(self._update, optimizer=opt), capture=graphed)
+        wrapped = ClosureOnlyOptimizer(opt)
         if self.lr_end_factor == 1.0:
-            return opt
+            return wrapped
         sched = torch.optim.lr_scheduler.LinearLR(
-            opt, start_factor=1.0, end_factor=self.lr_end_factor, total_iters=max(self.trainer.max_steps, 1)
+            wrapped, start_factor=1.0, end_factor=self.lr_end_factor, total_iters=max(self.trainer.max_steps, 1)
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return {"optimizer": wrapped, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def train_dataloader(self) -> DataLoader:
         """Minibatches sampled from the replay buffer, on its device, in this process."""
         if self.buffer is None:
             raise RuntimeError("DQNModule.attach_buffer(buffer) must be called before fitting")
-        return DataLoader(ReplayDataset(self.buffer, self.batch_size), batch_size=None, num_workers=0)
+        sampler = None
+        if self._runner is not None and self._runner.capture and not hasattr(self.buffer, "update_priorities"):
+            # Uniform draws recorded as a CUDA graph too (prioritized replay draws eagerly, then is copied in).
+            sampler = GraphedSampler(self.buffer, self.batch_size, capture=True)
+        dataset = ReplayDataset(self.buffer, self.batch_size, sampler=sampler)
+        return DataLoader(dataset, batch_size=None, num_workers=0)

@@ -13,8 +13,13 @@ observation starts a new episode (``first``), so frame stacks and n-step sums st
 
 Sampling. The flat indices (``slot * num_envs + env``) of valid transitions go into a FIFO ring in the order
 they are written; slots are overwritten in the same order, so retiring the oldest slot pops the oldest
-entries. Uniform sampling over valid transitions is then one ``randint`` and one lookup: exact, no
-rejection loop, no host sync.
+entries. Uniform sampling over valid transitions is then one ``randint`` and one lookup: no rejection loop,
+no host sync. The host keeps the counters; after every write it pushes ``[first sampleable ring entry,
+number of sampleable entries, newest slot]`` into a 3-element tensor on the buffer's device (``bounds``), and
+sampling reads only that tensor. So a draw has no Python number in it and can be captured in a CUDA graph
+(:class:`dqnlab.graphs.GraphedSampler`); on a GPU the push is one pinned, non-blocking copy that queues behind
+the updates already launched instead of waiting for them. A draw is ``randint(2**62) % size``: uniform up to
+a bias below ``size / 2**62`` (1e-13 for a 1M buffer).
 
 N-step returns. With ``n_step > 1`` the return ``sum_{k<m} gamma^k r_{t+k}`` is summed at sample time from the
 same stream's next slots (one gather of ``[B, n]`` windows, no loop per sample). The window stops after a
@@ -37,6 +42,7 @@ tells: an Atari life loss is ``terminated`` for learning, but the game and its f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -182,10 +188,12 @@ class ReplayBuffer:
         self._last_done = np.ones(num_envs, dtype=bool)  # host: the next step of this stream is an autoreset
         # host: the env resets this stream at its next step, so the next obs starts a new stack (see add()).
         self._last_reset = np.ones(num_envs, dtype=bool)
+        # [first sampleable ring entry, sampleable entries, newest slot] on the device (see the module docstring)
+        self.bounds = torch.zeros(3, dtype=torch.int64, device=dev)
         self._ones = torch.ones(0, device=dev)
         self._gammas = torch.ones(0, device=dev)  # one-step discounts of a batch, cached like _ones
         # Numpy views of host storage: writes of one vector step go through them (see _put).
-        names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring")
+        names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring", "bounds")
         self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
         self.pos = 0  # slot of the newest observation
         self.obs_written = 0  # observations written per stream since creation (vector steps + 1)
@@ -222,13 +230,20 @@ class ReplayBuffer:
         return obs[:, -1] if self.frame_stack > 1 else obs
 
     def _as_tensor(self, x: np.ndarray | Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        return torch.as_tensor(x, dtype=dtype).to(self.device, non_blocking=True)
+        t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x, dtype=dtype)
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            # From pinned memory the copy is queued on the stream and the host goes on at once; from pageable
+            # memory it could wait for the updates already launched. The caching host allocator keeps the
+            # pinned block alive until the copy has run.
+            t = t.contiguous().pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def start(self, obs: np.ndarray | Tensor) -> None:
         """Write the observations returned by ``env.reset()``: every stream begins an episode."""
         self._write_obs(obs, first=np.ones(self.num_envs, dtype=bool))
         self._last_done[:] = False
         self._last_reset[:] = False
+        self._push_bounds()
 
     def _put(self, name: str, index: int | np.ndarray, value: np.ndarray | Tensor) -> None:
         """``storage[name][index] = value``; on the CPU through a numpy view (several times cheaper per call)."""
@@ -237,9 +252,7 @@ class ReplayBuffer:
             view[index] = value
         else:
             dst = getattr(self, name)
-            dst[torch.as_tensor(index, device=self.device) if isinstance(index, np.ndarray) else index] = (
-                self._as_tensor(value, dst.dtype)
-            )
+            dst[self._as_tensor(index) if isinstance(index, np.ndarray) else index] = self._as_tensor(value, dst.dtype)
 
     def _write_obs(self, obs: np.ndarray | Tensor, first: np.ndarray) -> None:
         if self.obs_written:
@@ -297,6 +310,7 @@ class ReplayBuffer:
         self._last_done = term | trunc
         self._last_reset = self._last_done if resets is None else self._last_done & np.asarray(resets, dtype=bool)
         self._write_obs(next_obs, first=started)
+        self._push_bounds()
 
     # ------------------------------------------------------------------ sampling
     def _gather_stacks(self, slots: Tensor, envs: Tensor, next_slots: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -329,23 +343,49 @@ class ReplayBuffer:
             stacks.append(st)
         return stacks[0], stacks[1]
 
-    def _sampleable(self) -> tuple[int, int]:
+    def _sampleable_counts(self) -> tuple[int, int]:
         """``(start, size)``: the ring entries of the transitions that may be sampled (host counters only)."""
         start = self._ring_tail
         if self.frame_stack > 1 and self.obs_written > self.slots:
             # The oldest slots' stacks reach into overwritten frames: leave their transitions out.
             oldest = (self.pos + 1 + np.arange(self.frame_stack - 1)) % self.slots
             start += int(self._valid_per_slot[oldest].sum())
-        size = self._ring_head - start
+        return start, self._ring_head - start
+
+    def _sampleable(self) -> tuple[int, int]:
+        """:meth:`_sampleable_counts`, raising when nothing can be sampled yet."""
+        start, size = self._sampleable_counts()
         if size < 1:
             raise RuntimeError("the replay buffer holds no complete transition yet: sample after learning_starts")
         return start, size
 
+    def _push_bounds(self) -> None:
+        """Copy the host counters that sampling needs into :attr:`bounds` (no wait on the device)."""
+        start, size = self._sampleable_counts()
+        values = (start % self.capacity, size, self.pos)
+        view = self._host_views.get("bounds")
+        if view is not None:
+            view[:] = values
+        else:
+            self.bounds.copy_(self._as_tensor(np.array(values, dtype=np.int64)), non_blocking=True)
+
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` valid transitions uniformly, with replacement, on the buffer's device."""
-        start, size = self._sampleable()
-        r = torch.randint(size, (batch_size,), device=self.device, generator=self.generator)
-        idx = self._valid_ring.index_select(0, (r + start) % self.capacity)
+        self._sampleable()  # raises, from host counters, when nothing can be drawn yet
+        return self.draw(batch_size, self.generator)
+
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> Batch:
+        """:meth:`sample` without the host-side check: device ops only, reading the counters in :attr:`bounds`.
+
+        Args:
+            batch_size: Transitions in the batch.
+            generator: The buffer's own seeded generator, or ``None`` for torch's default generator of the
+                device (what a CUDA graph replay can advance).
+
+        """
+        r = torch.randint(2**62, (batch_size,), device=self.device, generator=generator)
+        start, size = self.bounds[0], self.bounds[1]
+        idx = self._valid_ring.index_select(0, (r % size + start) % self.capacity)
         if self._ones.shape[0] != batch_size:
             self._ones = torch.ones(batch_size, device=self.device)
         return self._batch(idx, self._ones)
@@ -359,7 +399,7 @@ class ReplayBuffer:
         flat = win * n + envs[:, None]
         next_first = self.first.view(-1)[((win + 1) % self.slots) * n + envs[:, None]]
         # Step k's next observation is stored when slot t + k + 1 is not past the newest slot (self.pos).
-        stored = steps[None, :] < ((self.pos - slots) % self.slots)[:, None]
+        stored = steps[None, :] < ((self.bounds[2] - slots) % self.slots)[:, None]
         return n_step_returns(
             self.rewards.view(-1)[flat],
             self.terminated.view(-1)[flat],
@@ -439,6 +479,7 @@ class ReplayBuffer:
         self.pos = int(state["pos"])
         self.obs_written = int(state["obs_written"])
         self.generator.set_state(state["generator"])
+        self._push_bounds()
 
 
 class ReplayDataset(IterableDataset):
@@ -447,14 +488,24 @@ class ReplayDataset(IterableDataset):
     Wrap it in ``DataLoader(dataset, batch_size=None, num_workers=0)``: the buffer samples whole batches
     itself, on its own device, and must live in the training process. The run's length is set by
     ``Trainer(max_steps=...)``, not by an epoch.
+
+    Args:
+        buffer: The replay buffer.
+        batch_size: Transitions per minibatch.
+        sampler: Draws one minibatch (e.g. :class:`dqnlab.graphs.GraphedSampler`, a CUDA-graph replay whose
+            batch tensors are refilled in place); default ``buffer.sample(batch_size)``.
     """
 
-    def __init__(self, buffer: ReplayBuffer, batch_size: int) -> None:
+    def __init__(self, buffer: ReplayBuffer, batch_size: int, sampler: Callable[[], Batch] | None = None) -> None:
         super().__init__()
         self.buffer = buffer
         self.batch_size = batch_size
+        self.sampler = sampler
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Batch]:
         """Sample lazily: each batch is drawn when the training step asks for it, after env stepping."""
+        if self.sampler is not None:
+            while True:
+                yield self.sampler()
         while True:
             yield self.buffer.sample(self.batch_size)

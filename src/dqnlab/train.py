@@ -92,6 +92,7 @@ class Components:
 
     def close(self, failed: bool = False) -> None:
         """Close the envs (Lightning skips teardown hooks after an exception) and end the W&B run, if any."""
+        self.collector.close()
         self.env.close()
         self.evaluator.teardown(self.trainer, self.module, "fit")
         if any(isinstance(logger, WandbLogger) for logger in self.trainer.loggers):
