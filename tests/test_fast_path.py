@@ -86,7 +86,7 @@ def test_env_pipe_overlaps_a_step_and_returns_what_step_returns():
     a, b = make_vector_env("CartPole-v1", num_envs=2), make_vector_env("CartPole-v1", num_envs=2)
     a.reset(seed=3)
     b.reset(seed=3)
-    pipe = EnvPipe(b)
+    pipe = EnvPipe(b, background=True)
     assert not pipe.native
     for t in range(30):
         actions = np.array([t % 2, (t // 2) % 2])
@@ -112,6 +112,7 @@ def test_async_envs_keep_the_counters_and_the_random_prefill_of_a_synchronous_ru
 
     sync, asyn = fit(False), fit(True)
     assert asyn.collector._async and not sync.collector._async
+    assert asyn.collector._pipe.background_steps == 400 and sync.collector._pipe.background_steps == 0
     assert asyn.collector.env_steps == sync.collector.env_steps == 400
     assert asyn.trainer.global_step == sync.trainer.global_step > 0
     assert asyn.collector._in_flight is None  # nothing left in flight at the end

@@ -23,32 +23,43 @@ class EnvPipe:
     """Send a vector step now and receive its results later, so the env steps while the host does other work.
 
     ale-py's vector env has this natively (``send``/``recv``: its C++ threads step the games); any other vector
-    env is stepped by one worker thread (no gain for Python envs under the GIL, but the same code path).
+    env is stepped by one worker thread when ``background`` is on (no gain for Python envs under the GIL, but the
+    same code path), and inside ``send`` otherwise.
 
     Args:
         env: The vector env; one step may be in flight at a time.
+        background: Step a non-native env on a worker thread.
 
     """
 
-    def __init__(self, env: VectorEnv) -> None:
+    def __init__(self, env: VectorEnv, background: bool = False) -> None:
         self.env = env
         self.native = callable(getattr(env, "send", None)) and callable(getattr(env, "recv", None))
+        self.background = background
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[StepResult] | None = None
+        self._result: StepResult | None = None
+        self.background_steps = 0  # steps taken on the worker thread
 
     def send(self, actions: np.ndarray) -> None:
         """Start stepping all envs with ``actions``."""
         if self.native:
             self.env.send(actions)  # type: ignore[attr-defined]
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dqnlab-env")
-        self._future = self._pool.submit(self.env.step, actions)
+        elif not self.background:
+            self._result = self.env.step(actions)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="dqnlab-env")
+            self._future = self._pool.submit(self.env.step, actions)
+            self.background_steps += 1
 
     def recv(self) -> StepResult:
         """Wait for the step sent last and return what ``env.step`` returns."""
         if self.native:
             return self.env.recv()  # type: ignore[attr-defined]
+        if self._result is not None:
+            result, self._result = self._result, None
+            return result
         assert self._future is not None, "recv() without send()"
         future, self._future = self._future, None
         return future.result()
@@ -254,6 +265,7 @@ class EnvStepper(Callback):
         """Reset the env and prefill ``learning_starts`` random env steps (skipped when resuming)."""
         self._fit_start_time = time.perf_counter()
         self._async = self.async_envs is True or (self.async_envs == "auto" and pl_module.device.type == "cuda")
+        self._pipe.background = self._async
         if not self._restored:
             self._reset()
             self.step_until(pl_module, self.learning_starts, random=True)
