@@ -420,8 +420,9 @@ def sb3_atari(game: str, learning_starts: int, steps: int, buffer_size: int, see
 
 def suite_peers(args) -> dict:
     """Stable-Baselines3 DQN vs dqnlab on Breakout: same network, batch, replay ratio, target cadence, device."""
+    torch.set_num_threads(1)  # both frameworks alike (dqnlab's torch_threads default)
     if args.quick:
-        ls, sb3_steps, dq_steps, buf = 200, 200, 200, 2_000
+        ls, sb3_steps, dq_steps, buf = 100, 40, 200, 2_000
         plan = [(1, False, False)]
         extra = ["buffer.capacity=5000", "env.max_episode_steps=100"]
     else:

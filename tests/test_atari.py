@@ -384,3 +384,28 @@ def test_breakout_smoke_run_end_to_end(ale: Any, make_cfg: Callable[..., DictCon
     assert summary["env_steps"] >= 400 and summary["gradient_steps"] > 0
     assert summary["eval/episodes"] == 2
     assert (cfg.buffer.frame_stack, cfg.buffer.stack_padding) == (4, "zero")
+
+
+@pytest.mark.parametrize("backend", ["ale_vector", "gymnasium"])
+def test_send_then_recv_plays_the_same_game_as_step(ale: Any, backend: str) -> None:
+    """The async path (collector.async_envs) through ale-py's native send/recv gives what step gives."""
+    from dqnlab.collect import EnvPipe
+
+    kw: dict[str, Any] = {"num_envs": 3, "noop_max": 1, "max_episode_steps": 150, "backend": backend}
+    a, b = make_atari_env("breakout", **kw), make_atari_env("breakout", **kw)
+    a.reset(seed=7)
+    b.reset(seed=7)
+    pipe = EnvPipe(b, background=True)
+    assert pipe.native  # AtariSignals forwards send/recv (ale-py's own, or a step inside send)
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # past life losses, game overs and truncations
+        actions = rng.integers(a.single_action_space.n, size=3)
+        want = a.step(actions)
+        pipe.send(actions)
+        got = pipe.recv()
+        for w, g in zip(want[:4], got[:4], strict=True):
+            np.testing.assert_array_equal(w, g)
+        for key in ("raw_reward", "game_over", "life_loss"):
+            np.testing.assert_array_equal(want[4][key], got[4][key])
+    a.close()
+    b.close()

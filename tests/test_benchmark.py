@@ -11,7 +11,7 @@ from tests.conftest import PYTHON, ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve"])
+@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers"])
 def test_suite_runs_and_prints_one_json_line(suite):
     proc = subprocess.run(
         [PYTHON, "scripts/benchmark.py", suite, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -21,5 +21,11 @@ def test_suite_runs_and_prints_one_json_line(suite):
     assert result["suite"] == suite
     if suite == "replay-memory":
         assert result["bytes"] <= 7.5e9 and result["allocation_matches"]
+    if suite == "atari-gpu":  # on the CPU only the eager row runs; the GPU rows need a GPU
+        (row,) = result["results"]
+        assert row["updates"] == 50 and row["env_steps"] == 200 and not row["captured"]
+    if suite == "peers":
+        assert result["results"]["sb3"]["env_steps_per_s"] > 0
+        assert result["results"]["dqnlab"][0]["updates"] == 50 and result["ratio"] > 0
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0
