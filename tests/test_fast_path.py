@@ -19,7 +19,9 @@ from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate
 from dqnlab.module import DQNModule
 from dqnlab.replay import ReplayBuffer
 from dqnlab.train import build, run
+from tests.conftest import compose_cfg
 from tests.test_replay import counting_buffer, fill, obs_for
+from tests.test_workflow import RESUMABLE, _metric_rows, _same
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -134,6 +136,17 @@ def test_a_checkpoint_receives_the_step_in_flight_first(make_cfg):
         assert len(parts.buffer) == 2
     finally:
         parts.close()
+
+
+def test_a_resume_with_async_envs_ends_exactly_like_the_uninterrupted_run(tmp_path):
+    """Checkpoints receive the step in flight first, so async stepping keeps resumes exact."""
+    overrides = [*RESUMABLE, "collector.async_envs=true"]
+    uninterrupted = run(compose_cfg(overrides, tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "env_steps_300.ckpt"
+    resumed = run(compose_cfg([*overrides, f"ckpt_path={ckpt}"], tmp_path / "b"))
+    assert _same(resumed) == _same(uninterrupted)
+    after = [r for r in _metric_rows(tmp_path / "a" / "metrics.csv") if int(r["step"]) > 300]
+    assert _metric_rows(tmp_path / "b" / "metrics.csv") == after
 
 
 # ---------------------------------------------------------------------------------------------- the update runner
