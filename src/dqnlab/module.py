@@ -366,7 +366,8 @@ class DQNModule(pl.LightningModule):
         if self.buffer is None:
             raise RuntimeError("DQNModule.attach_buffer(buffer) must be called before fitting")
         sampler = None
-        if self._runner is not None and self._runner.capture and not hasattr(self.buffer, "update_priorities"):
+        recorded = self._runner is not None and self._runner.capture and self.buffer.device.type == "cuda"
+        if recorded and not hasattr(self.buffer, "update_priorities"):
             # Uniform draws recorded as a CUDA graph too (prioritized replay draws eagerly, then is copied in).
             sampler = GraphedSampler(self.buffer, self.batch_size, capture=True)
         dataset = ReplayDataset(self.buffer, self.batch_size, sampler=sampler)
