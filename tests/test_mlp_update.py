@@ -1,0 +1,87 @@
+"""The hand-written MLP update (dqnlab.mlp_update) against autograd through DQNModule.td_loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dqnlab.mlp_update import mlp_td_grads, plain_relu_layers
+from dqnlab.module import DQNModule
+from dqnlab.networks import MLP
+from dqnlab.replay import Batch
+
+
+def _batch(b: int, obs_dim: int, num_actions: int, g: torch.Generator) -> Batch:
+    return Batch(
+        obs=torch.randn(b, obs_dim, generator=g),
+        actions=torch.randint(num_actions, (b,), generator=g),
+        rewards=torch.randn(b, generator=g),
+        next_obs=torch.randn(b, obs_dim, generator=g),
+        terminated=torch.rand(b, generator=g) < 0.3,
+        truncated=torch.zeros(b, dtype=torch.bool),
+        weights=torch.rand(b, generator=g) + 0.1,  # importance weights, as prioritized replay gives
+        indices=torch.arange(b),
+        discounts=0.99 ** torch.randint(1, 4, (b,), generator=g).float(),  # n-step returns of 1-3 steps
+    )
+
+
+@pytest.mark.parametrize("hidden", [(), (16,), (32, 8), (64, 64, 64)])
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+@pytest.mark.parametrize("double", [False, True])
+def test_loss_errors_and_gradients_equal_autograd(hidden, loss, double):
+    g = torch.Generator().manual_seed(len(hidden) * 10 + double)
+    torch.manual_seed(len(hidden))
+    net = MLP((5,), 3, hidden_sizes=hidden)
+    module = DQNModule(net, lambda p: torch.optim.SGD(p, lr=0.1), loss=loss, double=double)
+    # A target network that differs from the online one, and TD errors on both sides of the Huber kink.
+    with torch.no_grad():
+        for p in module.target_net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    batch = _batch(64, 5, 3, g)
+    batch = batch._replace(rewards=batch.rewards * 3)
+    want = module.td_loss(batch)
+    want.loss.backward()
+    got = mlp_td_grads(
+        plain_relu_layers(module.q_net),
+        plain_relu_layers(module.target_net),
+        batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.discounts, batch.weights,
+        loss, double,
+    )  # fmt: skip
+    torch.testing.assert_close(got.loss, want.loss.detach())
+    torch.testing.assert_close(got.q_mean, want.q_mean)
+    torch.testing.assert_close(got.errors, want.errors)
+    params = list(module.q_net.parameters())
+    assert len(got.grads) == len(params)
+    for p, grad in zip(params, got.grads, strict=True):
+        torch.testing.assert_close(grad, p.grad)
+
+
+def test_the_module_takes_the_hand_written_path_only_for_plain_relu_mlps():
+    def module(**net_kw) -> DQNModule:
+        return DQNModule(MLP((4,), 2, **net_kw), lambda p: torch.optim.SGD(p, lr=0.1), loss="huber")
+
+    assert module()._mlp is not None
+    for kw in ({"dueling": True}, {"noisy": True}, {"activation": "tanh"}, {"num_atoms": 51}):
+        assert plain_relu_layers(MLP((4,), 2, **kw)) is None, kw
+    assert module(dueling=True)._mlp is None and module(activation="tanh")._mlp is None
+
+
+def test_a_module_update_is_the_autograd_update():
+    """Through DQNModule._update: the same parameters after several Adam steps as plain autograd."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    module = DQNModule(MLP((4,), 2), lambda p: torch.optim.Adam(p, lr=1e-3), loss="huber", double=True)
+    twin = copy.deepcopy(module)
+    opt_a = torch.optim.Adam(module.q_net.parameters(), lr=1e-3)
+    opt_b = torch.optim.Adam(twin.q_net.parameters(), lr=1e-3)
+    for _ in range(20):
+        batch = _batch(32, 4, 2, g)
+        module._update(batch, opt_a)
+        loss, _, _ = twin.td_loss(batch)
+        opt_b.zero_grad()
+        loss.backward()
+        opt_b.step()
+    for p, q in zip(module.q_net.parameters(), twin.q_net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
