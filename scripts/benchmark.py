@@ -177,11 +177,15 @@ def suite_cartpole_cpu(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------- cartpole-solve
 def suite_cartpole_solve(args) -> dict:
-    """`python train.py seed=S` with the defaults for seeds 0-4, one after another: eval return and wall clock."""
+    """`python train.py seed=S` with the defaults for seeds 0-4 (or ``--seeds``), one after another.
+
+    Reports the final greedy eval return and the wall clock of each run, with the 1-minute load average just
+    before and just after it: wall clock on a shared machine means nothing without the load it ran under.
+    """
     import subprocess
     import tempfile
 
-    seeds = [0] if args.quick else [0, 1, 2, 3, 4]
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
     extra = ["env_steps=800", "collector.learning_starts=400", "eval.episodes=2"] if args.quick else []
     rows, results = [], []
     for seed in seeds:
@@ -195,11 +199,15 @@ def suite_cartpole_solve(args) -> dict:
                 *extra,
                 *args.overrides,
             ]
+            load_before = os.getloadavg()[0]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
             process_s = time.perf_counter() - t0
+            load_after = os.getloadavg()[0]
             summary = json.loads((Path(tmp) / "summary.json").read_text())
-        results.append({"seed": seed, "process_s": process_s, **summary})
+        results.append(
+            {"seed": seed, "process_s": process_s, "load_before": load_before, "load_after": load_after, **summary}
+        )
         rows.append(
             (
                 seed,
@@ -208,12 +216,12 @@ def suite_cartpole_solve(args) -> dict:
                 f"{summary['wall_time_s']:.1f}",
                 f"{process_s:.1f}",
                 f"{summary['env_steps_per_s']:,.0f}",
+                f"{load_before:.2f} / {load_after:.2f}",
             )
         )
     solved = all(r["eval/return_mean"] >= 475 for r in results)
-    table = format_table(
-        ["seed", "final greedy eval return", "episodes", "run() wall s", "process wall s", "env steps/s"], rows
-    )
+    header = ["seed", "final greedy eval return", "episodes", "run() wall s", "process wall s", "env steps/s"]
+    table = format_table([*header, "load avg before / after"], rows)
     table += f"\n\nall seeds >= 475: **{solved}**; slowest run() {max(r['wall_time_s'] for r in results):.1f} s"
     return {"suite": "cartpole-solve", "solved_all": solved, "results": results, "table": table}
 
@@ -469,6 +477,7 @@ def main() -> None:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the composed config")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="cartpole-solve: the seeds to run (default 0-4)")
     parser.add_argument("--append", action="store_true", help="append the result to docs/benchmarks.md")
     parser.add_argument("--envs", type=int, nargs="+", default=[8, 16, 32], help="atari-gpu/peers: num_envs")
     parser.add_argument("--steps", type=int, default=60_000, help="atari-gpu/peers: dqnlab env steps timed")
