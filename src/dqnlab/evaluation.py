@@ -141,7 +141,13 @@ class Evaluator(Callback):
         # Each evaluation is seeded by its index, so it does not depend on how many ran before a resume.
         seed = self.seed + 1000 * self.evaluations
         rng = np.random.default_rng(seed)
-        returns, lengths = play_episodes(self.env, policy, self.episodes, self.epsilon, rng, seed=seed)
+        # Eval mode for the episodes: noisy layers act with their mean weights (dqnlab.networks.NoisyLinear).
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            returns, lengths = play_episodes(self.env, policy, self.episodes, self.epsilon, rng, seed=seed)
+        finally:
+            pl_module.train(was_training)
         self.evaluations += 1
         return {
             "eval/return_mean": float(returns.mean()),

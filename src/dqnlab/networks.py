@@ -82,7 +82,15 @@ class NoisyLinear(nn.Module):
         self.eps_out.copy_(self._scaled(torch.randn_like(self.eps_out)))
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[B, p]`` -> ``[B, q]`` through the noisy weights."""
+        """``[B, p]`` -> ``[B, q]`` through the noisy weights in training mode, the mean weights in eval mode.
+
+        Evaluation (``module.eval()``, as :class:`dqnlab.evaluation.Evaluator` and ``scripts/evaluate.py`` do)
+        acts with ``mu`` alone: the noise is exploration, and a greedy evaluation measures the learned policy
+        rather than one random perturbation of it (Kaixhin/Rainbow's ``NoisyLinear`` and Tianshou's do the
+        same). Training, acting and the TD targets use the noise.
+        """
+        if not self.training:
+            return F.linear(x, self.weight_mu, self.bias_mu)
         weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
         return F.linear(x, weight, self.bias_mu + self.bias_sigma * self.eps_out)
 
@@ -178,6 +186,10 @@ class MLP(nn.Module):
         noisy: Make every linear layer a :class:`NoisyLinear`.
         sigma0: Initial noise scale of the noisy layers.
         num_atoms: Atoms of a distributional output (set by the learner, ``algo.num_atoms``).
+        noisy_input_layer: With ``noisy``, also the first layer (on the raw observations). False keeps it a
+            plain ``nn.Linear`` feature layer and makes only the layers after it noisy, as Fortunato et al.
+            (2018) do on Atari, where the conv features stay deterministic and only the fully connected layers
+            are noisy (:class:`NatureCNN` likewise).
 
     """
 
@@ -191,6 +203,7 @@ class MLP(nn.Module):
         noisy: bool = False,
         sigma0: float = 0.5,
         num_atoms: int = 1,
+        noisy_input_layer: bool = True,
     ) -> None:
         super().__init__()
         if len(obs_shape) != 1:
@@ -203,8 +216,9 @@ class MLP(nn.Module):
         self.num_actions, self.num_atoms = int(num_actions), int(num_atoms)
         layers: list[nn.Module] = []
         width = int(obs_shape[0])
-        for h in hidden_sizes:
-            layers += [linear(width, int(h)), act()]
+        for i, h in enumerate(hidden_sizes):
+            first_plain = i == 0 and not noisy_input_layer
+            layers += [(nn.Linear if first_plain else linear)(width, int(h)), act()]
             width = int(h)
         if not dueling:
             layers.append(linear(width, num_actions * num_atoms))
