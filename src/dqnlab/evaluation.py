@@ -87,6 +87,13 @@ class Evaluator(Callback):
         video_fps: Frames per second of the videos.
         video_dir: Where videos go (set by ``dqnlab.train.build``: ``<run dir>/videos``).
         render_env_factory: Builds the single env that renders the video (set by ``dqnlab.train.build``).
+        periodic_episodes: Episodes per periodic evaluation (``None``: ``episodes``); the final one plays
+            ``episodes``.
+        keep_best: Early stopping by evaluation: remember the online network at its best periodic evaluation and,
+            if that scored higher than the final network does, end the run with it. The final evaluation then
+            plays new episodes with the kept network (``eval/return_mean``); ``eval/last_return_mean`` is the
+            final network's score and ``eval/best_return_mean``/``eval/best_env_steps`` the periodic
+            evaluation it was kept at (RL Zoo keeps such a best model through SB3's ``EvalCallback``).
 
     """
 
@@ -103,6 +110,8 @@ class Evaluator(Callback):
         video_fps: int = 30,
         video_dir: str | None = None,
         render_env_factory: Callable[[], VectorEnv] | None = None,
+        periodic_episodes: int | None = None,
+        keep_best: bool = False,
     ) -> None:
         if episodes < 1:
             raise ValueError(f"eval.episodes must be >= 1, got {episodes}")
@@ -123,6 +132,11 @@ class Evaluator(Callback):
         self.render_env_factory = render_env_factory
         self._render_env: VectorEnv | None = None
         self.videos: list[Path] = []
+        self.keep_best = bool(keep_best)
+        self.periodic_episodes = int(periodic_episodes or episodes)
+        if self.periodic_episodes < 1:
+            raise ValueError(f"eval.periodic_episodes must be >= 1, got {periodic_episodes}")
+        self.best: dict[str, Any] | None = None  # return_mean, env_steps and the online network's state_dict
 
     @property
     def env(self) -> VectorEnv:
@@ -131,8 +145,8 @@ class Evaluator(Callback):
             self._env = self.env_factory(num_envs=self.num_envs, for_eval=True)
         return self._env
 
-    def evaluate(self, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Play ``episodes`` episodes with the current online network; return eval metrics."""
+    def evaluate(self, pl_module: pl.LightningModule, episodes: int | None = None) -> dict[str, float]:
+        """Play ``episodes`` (default: the final evaluation's number) episodes with the online network."""
         device = pl_module.device
 
         def policy(obs: np.ndarray) -> np.ndarray:
@@ -145,7 +159,7 @@ class Evaluator(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            returns, lengths = play_episodes(self.env, policy, self.episodes, self.epsilon, rng, seed=seed)
+            returns, lengths = play_episodes(self.env, policy, episodes or self.episodes, self.epsilon, rng, seed=seed)
         finally:
             pl_module.train(was_training)
         self.evaluations += 1
@@ -195,12 +209,27 @@ class Evaluator(Callback):
         if trainer.global_step >= trainer.max_steps:
             return  # the final evaluation in on_train_end covers this env step
         if self._next_eval is not None and self.collector.env_steps >= self._next_eval:
-            self._log(trainer, self.evaluate(pl_module))
+            metrics = self.evaluate(pl_module, self.periodic_episodes)
+            self._log(trainer, metrics)
             self._next_eval = (self.collector.env_steps // self.every + 1) * self.every
+            if self.keep_best and (self.best is None or metrics["eval/return_mean"] >= self.best["return_mean"]):
+                # The latest of equally good networks: it has trained the longest.
+                state = {k: v.detach().clone() for k, v in pl_module.q_net.state_dict().items()}
+                self.best = {"return_mean": metrics["eval/return_mean"], "env_steps": self.collector.env_steps}
+                self.best["state"] = state
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Final evaluation: what ``summary.json`` reports."""
-        self.final = self.evaluate(pl_module)
+        """Final evaluation: what ``summary.json`` reports (of the kept network, with ``keep_best``)."""
+        final = self.evaluate(pl_module)
+        if self.keep_best and self.best is not None:
+            last = final["eval/return_mean"]
+            if self.best["return_mean"] > last:
+                pl_module.q_net.load_state_dict(self.best["state"])
+                final = self.evaluate(pl_module)  # new episodes: the next evaluation's seed
+            final["eval/last_return_mean"] = last
+            final["eval/best_return_mean"] = float(self.best["return_mean"])
+            final["eval/best_env_steps"] = float(self.best["env_steps"])
+        self.final = final
         self._log(trainer, self.final)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -216,10 +245,16 @@ class Evaluator(Callback):
         """Evaluation schedule position, and the final evaluation once it ran (the final ``last.ckpt`` holds it)."""
         # With `final`, resuming a finished run (killed before summary.json, or a requeued `ckpt_path=last`)
         # writes the same summary.json instead of one without its eval/* metrics.
-        return {"next_eval": self._next_eval, "evaluations": self.evaluations, "final": dict(self.final)}
+        return {
+            "next_eval": self._next_eval,
+            "evaluations": self.evaluations,
+            "final": dict(self.final),
+            "best": self.best,  # the network kept by keep_best (None without it)
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the evaluation schedule position."""
         self._next_eval = state_dict["next_eval"]
         self.evaluations = int(state_dict["evaluations"])
         self.final = dict(state_dict.get("final", {}))
+        self.best = state_dict.get("best")
