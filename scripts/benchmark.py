@@ -77,7 +77,7 @@ def bare_loop(cfg) -> dict[str, float]:
     size, ptr = 0, 0
     obs, _ = env.reset(seed=cfg.seed)
     last_done = np.zeros(n, bool)
-    env_steps, updates = 0, 0
+    env_steps, updates, phases = 0, 0, 0
     decay = col.exploration_fraction * cfg.env_steps
     t_fit = time.perf_counter()
     while env_steps < cfg.env_steps:
@@ -94,37 +94,39 @@ def bare_loop(cfg) -> dict[str, float]:
             ptr, size = (ptr + 1) % cap, min(size + 1, cap)
         obs, last_done = nxt, term | trunc
         env_steps += n
-        if env_steps > col.learning_starts and (env_steps - col.learning_starts) % col.train_freq < n:
-            for _ in range(col.gradient_steps):
-                idx = torch.randint(size, (algo.batch_size,))
-                obs_b, next_b = b_obs[idx], b_next[idx]
-                if algo.double:
-                    q_all = q(torch.cat([obs_b, next_b]))
-                    q_b, next_online = q_all[: len(idx)], q_all[len(idx) :].detach()
-                else:
-                    q_b = q(obs_b)
-                q_taken = q_b.gather(1, b_act[idx, None]).squeeze(1)
+        # Update phases the env steps taken allow (several per vector step when num_envs > train_freq).
+        due = max(env_steps - col.learning_starts, 0) // col.train_freq
+        for _ in range((due - phases) * col.gradient_steps):
+            idx = torch.randint(size, (algo.batch_size,))
+            obs_b, next_b = b_obs[idx], b_next[idx]
+            if algo.double:
+                q_all = q(torch.cat([obs_b, next_b]))
+                q_b, next_online = q_all[: len(idx)], q_all[len(idx) :].detach()
+            else:
+                q_b = q(obs_b)
+            q_taken = q_b.gather(1, b_act[idx, None]).squeeze(1)
+            with torch.no_grad():
+                next_t = target(next_b)
+                next_v = (
+                    next_t.gather(1, next_online.argmax(1, keepdim=True)).squeeze(1)
+                    if algo.double
+                    else next_t.max(1).values
+                )
+                y = b_rew[idx] + algo.gamma * (~b_term[idx]) * next_v
+            if algo.loss == "huber":
+                loss = torch.nn.functional.smooth_l1_loss(q_taken, y)
+            else:
+                loss = torch.nn.functional.mse_loss(q_taken, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if algo.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(q.parameters(), algo.max_grad_norm)
+            opt.step()
+            updates += 1
+            if updates % cfg.target.interval == 0:
                 with torch.no_grad():
-                    next_t = target(next_b)
-                    next_v = (
-                        next_t.gather(1, next_online.argmax(1, keepdim=True)).squeeze(1)
-                        if algo.double
-                        else next_t.max(1).values
-                    )
-                    y = b_rew[idx] + algo.gamma * (~b_term[idx]) * next_v
-                if algo.loss == "huber":
-                    loss = torch.nn.functional.smooth_l1_loss(q_taken, y)
-                else:
-                    loss = torch.nn.functional.mse_loss(q_taken, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if algo.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(q.parameters(), algo.max_grad_norm)
-                opt.step()
-                updates += 1
-                if updates % cfg.target.interval == 0:
-                    with torch.no_grad():
-                        torch._foreach_lerp_(list(target.parameters()), list(q.parameters()), cfg.target.tau)
+                    torch._foreach_lerp_(list(target.parameters()), list(q.parameters()), cfg.target.tau)
+        phases = due
     fit_s = time.perf_counter() - t_fit
     env.close()
     return {"fit_s": fit_s, "env_steps": env_steps, "updates": updates}

@@ -68,24 +68,34 @@ def compose(overrides: list[str], output_dir: str):
     return cfg
 
 
-def run_one(overrides: list[str]) -> tuple[float, float]:
-    """Final eval return and wall time of one run (outputs in a temporary directory)."""
+def run_one(overrides: list[str]) -> tuple[float, float | None, float]:
+    """Final eval return, the last-iterate network's return (``eval.keep_best``; else ``None``) and wall time."""
     from dqnlab.train import run
 
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         summary = run(compose(overrides, out))
-        return summary["eval/return_mean"], time.perf_counter() - t
+        return summary["eval/return_mean"], summary.get("eval/last_return_mean"), time.perf_counter() - t
 
 
-def table(results: dict[str, dict[int, float]], walls: dict[str, list[float]], seeds: list[int]) -> str:
+def table(
+    results: dict[str, dict[int, float]],
+    lasts: dict[str, dict[int, float | None]],
+    walls: dict[str, list[float]],
+    seeds: list[int],
+) -> str:
+    """Markdown table; a cell shows the last-iterate network's return in parentheses where keep_best changed it."""
     header = ["variant", *[f"seed {s}" for s in seeds], "mean", f">= {SOLVED:g}", "s / run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, by_seed in results.items():
         values = [by_seed[s] for s in seeds]
         solved = sum(v >= SOLVED for v in values)
         wall = sum(walls[name]) / len(walls[name])
-        cells = [name, *[f"{v:.0f}" for v in values], f"{sum(values) / len(values):.0f}"]
+        shown = []
+        for s, v in zip(seeds, values, strict=True):
+            last = lasts[name][s]
+            shown.append(f"{v:.0f}" + (f" ({last:.0f})" if last is not None and round(last) != round(v) else ""))
+        cells = [name, *shown, f"{sum(values) / len(values):.0f}"]
         lines.append("| " + " | ".join([*cells, f"{solved}/{len(values)}", f"{wall:.0f}"]) + " |")
     return "\n".join(lines)
 
@@ -104,14 +114,17 @@ def main() -> None:
     _quiet_lightning()
     base = ["logger=[]", "progress_bar=false", *(QUICK if args.quick else [])]
     results: dict[str, dict[int, float]] = {}
+    lasts: dict[str, dict[int, float | None]] = {}
     walls: dict[str, list[float]] = {}
     for name in args.variants:
         for seed in args.seeds:
-            ret, wall = run_one([*base, *{**VARIANTS, **ON_VANILLA}[name], *args.overrides, f"seed={seed}"])
+            ret, last, wall = run_one([*base, *{**VARIANTS, **ON_VANILLA}[name], *args.overrides, f"seed={seed}"])
             results.setdefault(name, {})[seed] = ret
+            lasts.setdefault(name, {})[seed] = last
             walls.setdefault(name, []).append(wall)
-            print(json.dumps({"variant": name, "seed": seed, "eval_return": ret, "wall_s": round(wall, 1)}), flush=True)
-    text = table(results, walls, args.seeds)
+            row = {"variant": name, "seed": seed, "eval_return": ret, "last_return": last, "wall_s": round(wall, 1)}
+            print(json.dumps(row), flush=True)
+    text = table(results, lasts, walls, args.seeds)
     print(text)
     if args.append:
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -505,10 +505,10 @@ def test_evaluation_uses_the_mean_weights_and_training_goes_on_with_noise(make_c
         modes.calls.append((modes.in_eval, parts.module.q_net.net[0].training))
         return act(obs)
 
-    def spy_evaluate(module):
+    def spy_evaluate(module, *args):
         modes.in_eval = True
         try:
-            return evaluate(module)
+            return evaluate(module, *args)
         finally:
             modes.in_eval = False
 

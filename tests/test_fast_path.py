@@ -104,7 +104,8 @@ def test_env_pipe_overlaps_a_step_and_returns_what_step_returns():
 
 def test_async_envs_keep_the_counters_and_the_random_prefill_of_a_synchronous_run(make_cfg):
     def fit(async_envs: bool):
-        cfg = make_cfg("debug=smoke", f"collector.async_envs={str(async_envs).lower()}", "~checkpoint", "logger=[]")
+        overrides = [f"collector.async_envs={str(async_envs).lower()}", "env.num_envs=1", "~checkpoint", "logger=[]"]
+        cfg = make_cfg("debug=smoke", *overrides)
         parts = build(cfg)
         try:
             parts.trainer.fit(parts.module)
@@ -124,7 +125,7 @@ def test_async_envs_keep_the_counters_and_the_random_prefill_of_a_synchronous_ru
 
 
 def test_a_checkpoint_receives_the_step_in_flight_first(make_cfg):
-    parts = build(make_cfg("debug=smoke", "collector.async_envs=true", "~checkpoint", "logger=[]"))
+    parts = build(make_cfg("debug=smoke", "collector.async_envs=true", "env.num_envs=1", "~checkpoint", "logger=[]"))
     try:
         c = parts.collector
         c._async = True

@@ -171,6 +171,14 @@ class EnvStepper(Callback):
         phase = gradient_step // self.gradient_steps
         return self.learning_starts + (phase + 1) * self.train_freq
 
+    def updates_caught_up(self, next_gradient_step: int) -> bool:
+        """Whether every update that the env steps taken so far allow has run: the next gradient step needs more.
+
+        With several envs one vector step feeds several updates; rows and evaluations wait for the last of them,
+        so an env step never gets two rows.
+        """
+        return self.env_steps_due(next_gradient_step) > self.env_steps
+
     @property
     def last_env_steps_due(self) -> int:
         """Env steps the whole run needs: no vector step is sent beyond them, even ahead of time."""
@@ -280,8 +288,8 @@ class EnvStepper(Callback):
             self.step_until(pl_module, due)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        """Log a row of metrics every ``log_every`` env steps."""
-        if self.env_steps >= self._next_log:
+        """Log a row of metrics every ``log_every`` env steps, after the last update of the env steps taken."""
+        if self.env_steps >= self._next_log and self.updates_caught_up(trainer.global_step):
             self.log_row(trainer, pl_module)
             self._next_log = (self.env_steps // self.log_every + 1) * self.log_every
 

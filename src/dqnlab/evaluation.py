@@ -208,7 +208,8 @@ class Evaluator(Callback):
         """Evaluate when the env-step counter passes the next multiple of ``every``."""
         if trainer.global_step >= trainer.max_steps:
             return  # the final evaluation in on_train_end covers this env step
-        if self._next_eval is not None and self.collector.env_steps >= self._next_eval:
+        due = self._next_eval is not None and self.collector.env_steps >= self._next_eval
+        if due and self.collector.updates_caught_up(trainer.global_step):  # after this env step's last update
             metrics = self.evaluate(pl_module, self.periodic_episodes)
             self._log(trainer, metrics)
             self._next_eval = (self.collector.env_steps // self.every + 1) * self.every
