@@ -85,3 +85,11 @@ def test_a_module_update_is_the_autograd_update():
         opt_b.step()
     for p, q in zip(module.q_net.parameters(), twin.q_net.parameters(), strict=True):
         torch.testing.assert_close(p, q)
+
+
+def test_acting_takes_the_same_actions_as_the_network():
+    torch.manual_seed(3)
+    module = DQNModule(MLP((4,), 3, hidden_sizes=(16, 16)), lambda p: torch.optim.SGD(p, lr=0.1))
+    obs = torch.randn(256, 4)
+    assert module._mlp is not None
+    assert torch.equal(module.greedy_actions(obs), module(obs).argmax(dim=1))

@@ -54,6 +54,12 @@ def _forward(layers: list[nn.Linear], x: Tensor) -> tuple[Tensor, list[Tensor]]:
 
 
 @torch.no_grad()
+def mlp_q_values(layers: list[nn.Linear], obs: Tensor) -> Tensor:
+    """``[B, A]`` Q-values of a plain ReLU MLP (:func:`plain_relu_layers`), without nn.Module dispatch."""
+    return _forward(layers, obs)[0]
+
+
+@torch.no_grad()
 def mlp_td_grads(
     online: list[nn.Linear],
     target: list[nn.Linear],

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from dqnlab.errors import ConfigError
 from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
-from dqnlab.mlp_update import mlp_td_grads, plain_relu_layers
+from dqnlab.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.networks import noisy_layers, resample_noise
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
@@ -171,6 +171,8 @@ class DQNModule(pl.LightningModule):
         """
         if self.noisy:
             resample_noise(self._noisy_online)
+        if self._mlp is not None:  # the same products without nn.Module dispatch (one acting step per vector step)
+            return mlp_q_values(self._mlp[0], obs.float()).argmax(dim=1)
         return self.forward(obs).argmax(dim=1)
 
     def td_loss(self, batch: Batch) -> TDLoss:
