@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,27 +255,22 @@ def suite_replay_memory(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- atari-gpu
-class _Span:
+class _Span(pl.Callback):
     """Wall clock, env steps and gradient steps from the first update to the last (no prefill, no final eval)."""
 
     def __init__(self, collector) -> None:
-        import pytorch_lightning as pl
-
-        span = self
-
-        class Hook(pl.Callback):
-            def on_train_start(self, trainer, pl_module) -> None:
-                _sync()
-                span.t0, span.env0, span.grad0 = time.perf_counter(), collector.env_steps, trainer.global_step
-
-            def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-                if trainer.global_step >= trainer.max_steps:
-                    _sync()
-                    span.t1, span.env1, span.grad1 = time.perf_counter(), collector.env_steps, trainer.global_step
-
-        self.callback = Hook()
+        self.collector = collector
         self.t0 = self.t1 = 0.0
         self.env0 = self.env1 = self.grad0 = self.grad1 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        _sync()
+        self.t0, self.env0, self.grad0 = time.perf_counter(), self.collector.env_steps, trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step >= trainer.max_steps:
+            _sync()
+            self.t1, self.env1, self.grad1 = time.perf_counter(), self.collector.env_steps, trainer.global_step
 
     def rates(self) -> dict[str, float]:
         dt = max(self.t1 - self.t0, 1e-9)
@@ -304,7 +300,7 @@ def dqnlab_atari(overrides: list[str]) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     parts = build(cfg)
     span = _Span(parts.collector)
-    parts.trainer.callbacks.append(span.callback)
+    parts.trainer.callbacks.append(span)
     try:
         parts.trainer.fit(parts.module)
     finally:

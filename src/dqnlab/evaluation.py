@@ -215,9 +215,11 @@ class Evaluator(Callback):
             self._next_eval = (self.collector.env_steps // self.every + 1) * self.every
             if self.keep_best and (self.best is None or metrics["eval/return_mean"] >= self.best["return_mean"]):
                 # The latest of equally good networks: it has trained the longest.
-                state = {k: v.detach().clone() for k, v in pl_module.q_net.state_dict().items()}
-                self.best = {"return_mean": metrics["eval/return_mean"], "env_steps": self.collector.env_steps}
-                self.best["state"] = state
+                self.best = {
+                    "return_mean": metrics["eval/return_mean"],
+                    "env_steps": self.collector.env_steps,
+                    "state": {k: v.detach().clone() for k, v in pl_module.q_net.state_dict().items()},
+                }
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final evaluation: what ``summary.json`` reports (of the kept network, with ``keep_best``)."""

@@ -245,7 +245,7 @@ class ReplayBuffer:
         self._last_reset[:] = False
         self._push_bounds()
 
-    def _put(self, name: str, index: int | np.ndarray, value: np.ndarray | Tensor) -> None:
+    def _put(self, name: str, index: int | slice | np.ndarray, value: np.ndarray | Tensor) -> None:
         """``storage[name][index] = value``; on the CPU through a numpy view (several times cheaper per call)."""
         view = self._host_views.get(name)
         if view is not None and not isinstance(value, Tensor):
@@ -362,12 +362,7 @@ class ReplayBuffer:
     def _push_bounds(self) -> None:
         """Copy the host counters that sampling needs into :attr:`bounds` (no wait on the device)."""
         start, size = self._sampleable_counts()
-        values = (start % self.capacity, size, self.pos)
-        view = self._host_views.get("bounds")
-        if view is not None:
-            view[:] = values
-        else:
-            self.bounds.copy_(self._as_tensor(np.array(values, dtype=np.int64)), non_blocking=True)
+        self._put("bounds", slice(None), np.array((start % self.capacity, size, self.pos), dtype=np.int64))
 
     def sample(self, batch_size: int) -> Batch:
         """Draw ``batch_size`` valid transitions uniformly, with replacement, on the buffer's device."""
