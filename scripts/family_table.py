@@ -8,8 +8,9 @@
 Each run is ``dqnlab.train.run`` on the default CartPole config (``python train.py``: the tuned
 conf/hparams/cartpole.yaml, Double DQN, 30k env steps, Huber loss, Polyak target) plus the variant's overrides
 (and any extra overrides given on the command line), one after the other in this process. ``vanilla`` turns
-the Double DQN target off; noisy, c51 and all run their presets (conf/experiment/cartpole_*.yaml).
-``--variants dueling/vanilla ...`` runs a switch on vanilla DQN instead (see ``ON_VANILLA``). The table shows
+the Double DQN target off; dueling, n_step=3, noisy, c51 and all run their presets
+(conf/experiment/cartpole_*.yaml). ``--variants dueling/vanilla ...`` runs a switch on vanilla DQN instead, and
+``dueling/64-64`` or ``n_step=3/64-64`` a switch alone on the default 64-64 network (see ``OTHER``). The table shows
 the final eval return (mean of ``eval.episodes`` greedy episodes) per seed, how
 many seeds reached 475 (CartPole-v1's "solved" threshold), and the mean wall time per run.
 """
@@ -33,21 +34,24 @@ SOLVED = 475.0  # CartPole-v1's reward threshold
 
 VANILLA = ["algo.double=false"]  # the default CartPole config uses Double DQN
 # Each switch on the default CartPole config (Double DQN, Huber, Polyak; conf/hparams/cartpole.yaml), the way a
-# user turns it on (`python train.py network.dueling=true`); noisy, c51 and all need their presets
-# (conf/experiment/cartpole_*.yaml, each citing where its values come from).
+# user turns it on (`python train.py buffer=prioritized`); dueling, n-step, noisy, c51 and all need their presets
+# (conf/experiment/cartpole_*.yaml, each citing where its values come from and why it is needed).
 VARIANTS: dict[str, list[str]] = {
     "vanilla": VANILLA,
     "double": [],  # the default config itself
-    "dueling": ["network.dueling=true"],
-    "n_step=3": ["algo.n_step=3"],
+    "dueling": ["experiment=cartpole_dueling"],  # a 256-256 network
+    "n_step=3": ["experiment=cartpole_nstep"],  # a 256-256 network
     "prioritized": ["buffer=prioritized"],
     "noisy": ["experiment=cartpole_noisy"],
     "c51": ["experiment=cartpole_c51"],  # algo=c51 replaces the algo group: no Double DQN
     "all": ["experiment=cartpole_all"],
 }
-# The same switches on vanilla DQN (Double DQN off): the rows behind the root-cause analysis in
-# docs/benchmarks.md (the max over the target network's own estimates overestimates and some runs diverge).
-ON_VANILLA: dict[str, list[str]] = {
+# Rows behind the analyses in docs/benchmarks.md: dueling and n-step alone on the default 64-64 network (the last
+# network falls back, Q runs away), and switches on vanilla DQN (Double DQN off; the max over the target
+# network's own estimates overestimates and some runs diverge).
+OTHER: dict[str, list[str]] = {
+    "dueling/64-64": ["network.dueling=true"],
+    "n_step=3/64-64": ["algo.n_step=3"],
     "dueling/vanilla": [*VANILLA, "network.dueling=true"],
     "n_step=3/vanilla": [*VANILLA, "algo.n_step=3"],
     "prioritized/vanilla": [*VANILLA, "buffer=prioritized"],
@@ -104,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *ON_VANILLA])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=[*VARIANTS, *OTHER])
     parser.add_argument("--quick", action="store_true", help="tiny runs: checks the script, learns nothing")
     parser.add_argument("--append", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args()
@@ -118,7 +122,7 @@ def main() -> None:
     walls: dict[str, list[float]] = {}
     for name in args.variants:
         for seed in args.seeds:
-            ret, last, wall = run_one([*base, *{**VARIANTS, **ON_VANILLA}[name], *args.overrides, f"seed={seed}"])
+            ret, last, wall = run_one([*base, *{**VARIANTS, **OTHER}[name], *args.overrides, f"seed={seed}"])
             results.setdefault(name, {})[seed] = ret
             lasts.setdefault(name, {})[seed] = last
             walls.setdefault(name, []).append(wall)

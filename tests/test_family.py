@@ -715,24 +715,17 @@ def family_variants() -> dict[str, list[str]]:
 
 VARIANTS = family_variants()
 # (variant: seed) run by default, each one measured to reach 475 with that seed (docs/benchmarks.md has the seeds x
-# variants table, the presets behind noisy/c51/all and the command); on 2 cores these two take ~3 minutes of the
-# suite's time. DQNLAB_FAMILY_LEARNING=all runs every variant of the table (seed 0; `all` seed 1), 30-150 s each.
+# variants table, the presets behind dueling/n_step=3/noisy/c51/all and the command); on 2 cores these two take
+# ~3 minutes of the suite's time. DQNLAB_FAMILY_LEARNING=all runs every variant of the table (seed 0; `all` seed 1),
+# 20-120 s each.
 CI_CASES = {"all": 1, "prioritized": 0}
-# Opt-in variants that the table shows failing at seed 0 (open problems, analysed in docs/benchmarks.md): expected
-# to fail, reported as XPASS if they start to learn.
-KNOWN_FAILING = {
-    "n_step=3": "Q runs away with 3-step returns on the tuned CartPole config (eval 10 at seed 0)",
-    "noisy": "experiment=cartpole_noisy solves seeds 1 and 2, not 0 (eval 183)",
-}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_cartpole_learns_with_each_switch(make_cfg, variant, request):
+def test_cartpole_learns_with_each_switch(make_cfg, variant):
     if variant not in CI_CASES and os.environ.get("DQNLAB_FAMILY_LEARNING") != "all":
         pytest.skip("set DQNLAB_FAMILY_LEARNING=all to train every variant (30-150 s each on 2 cores)")
-    if variant in KNOWN_FAILING:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_FAILING[variant], strict=False))
     seed = CI_CASES.get(variant, 0)
     summary = run(make_cfg("logger=[]", f"seed={seed}", *VARIANTS[variant]))
     assert summary["eval/return_mean"] >= 475.0, summary
