@@ -93,3 +93,18 @@ def test_acting_takes_the_same_actions_as_the_network():
     obs = torch.randn(256, 4)
     assert module._mlp is not None
     assert torch.equal(module.greedy_actions(obs), module(obs).argmax(dim=1))
+
+
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+def test_no_weights_is_bit_for_bit_all_ones(loss):
+    """Uniform replay passes ``weights=None``: exactly the numbers of all-ones weights, so runs do not change."""
+    g = torch.Generator().manual_seed(7)
+    net = MLP((4,), 2)
+    layers = plain_relu_layers(net)
+    batch = _batch(256, 4, 2, g)
+    args = (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.discounts)
+    ones = mlp_td_grads(layers, layers, *args, torch.ones(256), loss, True)
+    none = mlp_td_grads(layers, layers, *args, None, loss, True)
+    assert torch.equal(ones.loss, none.loss) and torch.equal(ones.errors, none.errors)
+    for a, b in zip(ones.grads, none.grads, strict=True):
+        assert torch.equal(a, b)

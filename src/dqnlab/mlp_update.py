@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dqnlab.networks import MLP
@@ -47,10 +48,10 @@ def _forward(layers: list[nn.Linear], x: Tensor) -> tuple[Tensor, list[Tensor]]:
     """Q-values and the inputs of every layer (post-ReLU activations; the first is ``x``)."""
     inputs = [x]
     for layer in layers[:-1]:
-        x = torch.addmm(layer.bias, x, layer.weight.t()).relu_()
+        x = F.linear(x, layer.weight, layer.bias).relu_()  # one dispatch: linear is addmm(bias, x, weight.t())
         inputs.append(x)
     last = layers[-1]
-    return torch.addmm(last.bias, x, last.weight.t()), inputs
+    return F.linear(x, last.weight, last.bias), inputs
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def mlp_td_grads(
     next_obs: Tensor,
     terminated: Tensor,
     discounts: Tensor,
-    weights: Tensor,
+    weights: Tensor | None,
     loss: str,
     double: bool,
 ) -> MLPTDGrads:
@@ -84,39 +85,42 @@ def mlp_td_grads(
         next_obs: ``[B, obs_dim]`` observations to bootstrap from.
         terminated: ``[B]`` bool, no bootstrap.
         discounts: ``[B]`` discount of the bootstrap value.
-        weights: ``[B]`` loss weights (importance weights of prioritized replay; ones otherwise).
+        weights: ``[B]`` loss weights (importance weights of prioritized replay), or ``None`` for all ones
+            (uniform replay; the same numbers with three fewer ops).
         loss: ``mse`` or ``huber`` (smooth L1 with delta 1).
         double: Double DQN target (the online network picks the next action).
 
     """
     b = obs.shape[0]
-    x = torch.cat([obs, next_obs]).float() if double else obs.float()
-    q_all, inputs = _forward(online, x)
-    q = q_all[:b]
-    q_taken = q.gather(1, actions.unsqueeze(1)).squeeze(1)
+    x = torch.cat([obs, next_obs]) if double else obs
+    q_all, inputs = _forward(online, x.float())
+    q = q_all[:b] if double else q_all
+    taken = actions.unsqueeze(1)
+    q_taken = q.gather(1, taken).squeeze(1)
     next_target, _ = _forward(target, next_obs.float())
     if double:
         next_v = next_target.gather(1, q_all[b:].argmax(dim=1, keepdim=True)).squeeze(1)
     else:
-        next_v = next_target.max(dim=1).values
-    td = q_taken - (rewards + discounts * next_v * ~terminated)
-    scale = weights / b  # d mean(w * l) / d l
+        next_v = next_target.amax(dim=1)
+    # A masked fill, not a multiply by ~terminated: a bool operand costs a conversion, and the values are the same.
+    y = rewards + (discounts * next_v).masked_fill_(terminated, 0.0)
+    td = q_taken - y
+    scale = 1.0 / b if weights is None else weights / b  # d mean(w * l) / d l
     if loss == "mse":
-        per_sample, d_q = td.square(), 2.0 * td * scale
+        per_sample, d_q = F.mse_loss(q_taken, y, reduction="none"), td * (2.0 * scale)
     elif loss == "huber":
-        small = td.abs() < 1.0
-        per_sample = torch.where(small, 0.5 * td.square(), td.abs() - 0.5)
-        d_q = td.clamp(-1.0, 1.0) * scale
+        per_sample, d_q = F.smooth_l1_loss(q_taken, y, reduction="none"), td.clamp(-1.0, 1.0) * scale
     else:
         raise ValueError(f"loss={loss!r}: the hand-written update knows mse and huber")
+    loss_value = per_sample.mean() if weights is None else (per_sample * weights).mean()
     # Backward through the layers; only the first b rows (the observations) carry a gradient.
-    grad_out = torch.zeros_like(q).scatter_(1, actions.unsqueeze(1), d_q.unsqueeze(1))
-    grads: list[Tensor] = []
+    grad_out = torch.zeros_like(q).scatter_(1, taken, d_q.unsqueeze(1))
+    grads: list[Tensor] = [x] * (2 * len(online))  # placeholders: d weight, d bias per layer
     for i in range(len(online) - 1, -1, -1):
-        layer_in = inputs[i][:b]
-        grads += [grad_out.t().mm(layer_in), grad_out.sum(0)]  # d weight [out, in], d bias
+        layer_in = inputs[i][:b] if double else inputs[i]
+        grads[2 * i], grads[2 * i + 1] = grad_out.t().mm(layer_in), grad_out.sum(0)  # [out, in], [out]
         if i:
-            grad_out = grad_out.mm(online[i].weight).mul_(layer_in > 0)  # through the ReLU before this layer
-    grads.reverse()  # [bias_last, weight_last, ...] -> parameters() order needs weight, bias per layer
-    ordered = [g for pair in zip(grads[1::2], grads[0::2], strict=True) for g in pair]
-    return MLPTDGrads((per_sample * weights).mean(), q_taken.mean(), td.abs(), ordered)
+            # Through the ReLU before this layer: its input was positive where its output is. One op where
+            # a multiply by the mask (layer_in > 0) takes three; autograd's ReLU uses the same kernel.
+            grad_out = torch.ops.aten.threshold_backward(grad_out.mm(online[i].weight), layer_in, 0.0)
+    return MLPTDGrads(loss_value, q_taken.mean(), td.abs(), grads)

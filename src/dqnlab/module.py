@@ -127,6 +127,7 @@ class DQNModule(pl.LightningModule):
         self.register_buffer("support", torch.linspace(v_min, v_max, max(self.num_atoms, 2)), persistent=False)
         self.buffer: ReplayBuffer | None = None
         self._update_priorities: Callable[[Tensor, Tensor], None] | None = None
+        self._weights_are_ones = False  # set by attach_buffer
         # Loss and Q(s, a) summed on the device and read rarely (see pop_metrics): no host sync per step.
         self.register_buffer("_metric_sums", torch.zeros(2), persistent=False)
         self._metric_count = 0
@@ -153,6 +154,8 @@ class DQNModule(pl.LightningModule):
             )
         self.buffer = buffer
         self._update_priorities = getattr(buffer, "update_priorities", None)
+        # Uniform replay's loss weights are all ones: the hand-written update then skips multiplying by them.
+        self._weights_are_ones = self._update_priorities is None
 
     def q_values(self, out: Tensor) -> Tensor:
         """Q-values ``[B, A]`` of a network output: itself, or the expectation of C51's ``[B, A, atoms]`` logits."""
@@ -244,8 +247,9 @@ class DQNModule(pl.LightningModule):
             resample_noise(self._noisy_target)
         if self._mlp is not None:
             b = batch
+            weights = None if self._weights_are_ones else b.weights
             loss, q_mean, errors, grads = mlp_td_grads(
-                *self._mlp, b.obs, b.actions, b.rewards, b.next_obs, b.terminated, b.discounts, b.weights,
+                *self._mlp, b.obs, b.actions, b.rewards, b.next_obs, b.terminated, b.discounts, weights,
                 self.loss_kind, self.double,
             )  # fmt: skip
             for p, g in zip(self._online_params, grads, strict=True):
@@ -257,9 +261,10 @@ class DQNModule(pl.LightningModule):
             loss.backward()
         skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, optimizer)
         optimizer.step()
-        # The means are over finite steps (pop_metrics subtracts the skipped ones from the count).
-        self._metric_sums += torch.where(skip, 0.0, loss_and_q)
-        self._step_t += 1
+        # The means are over finite steps (pop_metrics subtracts the skipped ones from the count). In-place
+        # methods, not `+=`: that would also run nn.Module.__setattr__ (a few us per step each).
+        self._metric_sums.add_(torch.where(skip, 0.0, loss_and_q))
+        self._step_t.add_(1)
         return (errors,)
 
     def _clip_and_skip_nonfinite(
@@ -294,7 +299,7 @@ class DQNModule(pl.LightningModule):
         else:
             for g in grads:
                 g.masked_fill_(skip, 0.0)  # masked, not multiplied: NaN * 0 is NaN
-        self._nonfinite_count += skip
+        self._nonfinite_count.add_(skip)
         first = self._nonfinite_first
         torch.minimum(first, torch.where(skip, self._step_t, _NO_STEP), out=first)
         return skip, loss_and_q
