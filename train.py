@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import hydra
 from omegaconf import DictConfig
 
@@ -26,3 +28,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    # Everything is written. Interpreter shutdown would now garbage-collect the ~400k objects that torch and
+    # Lightning keep alive, several times over (~0.7 s of a CartPole run's ~20 s); the OS frees them anyway.
+    gc.freeze()
