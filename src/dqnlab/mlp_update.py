@@ -107,12 +107,13 @@ def mlp_td_grads(
     td = q_taken - y
     scale = 1.0 / b if weights is None else weights / b  # d mean(w * l) / d l
     if loss == "mse":
-        per_sample, d_q = F.mse_loss(q_taken, y, reduction="none"), td * (2.0 * scale)
+        loss_fn, d_q = F.mse_loss, td * (2.0 * scale)
     elif loss == "huber":
-        per_sample, d_q = F.smooth_l1_loss(q_taken, y, reduction="none"), td.clamp(-1.0, 1.0) * scale
+        loss_fn, d_q = F.smooth_l1_loss, td.clamp(-1.0, 1.0) * scale
     else:
         raise ValueError(f"loss={loss!r}: the hand-written update knows mse and huber")
-    loss_value = per_sample.mean() if weights is None else (per_sample * weights).mean()
+    # With all-ones weights the mean loss is one op.
+    loss_value = loss_fn(q_taken, y) if weights is None else (loss_fn(q_taken, y, reduction="none") * weights).mean()
     # Backward through the layers; only the first b rows (the observations) carry a gradient.
     grad_out = torch.zeros_like(q).scatter_(1, taken, d_q.unsqueeze(1))
     grads: list[Tensor] = [x] * (2 * len(online))  # placeholders: d weight, d bias per layer
