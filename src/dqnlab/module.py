@@ -16,6 +16,7 @@ from dqnlab.errors import ConfigError
 from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.networks import noisy_layers, resample_noise
+from dqnlab.optim_step import FusedAdamStep
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
@@ -231,12 +232,15 @@ class DQNModule(pl.LightningModule):
             self.lr_schedulers().step()  # manual optimization: Lightning leaves scheduler stepping to us
         self._metric_count += 1
 
-    def _update(self, batch: Batch, optimizer: torch.optim.Optimizer) -> tuple[Tensor]:
+    def _update(
+        self, batch: Batch, optimizer: torch.optim.Optimizer, step: Callable[[], None] | None = None
+    ) -> tuple[Tensor]:
         """The update itself, eager or recorded: device ops only, no Python state that changes between steps.
 
         Args:
             batch: The minibatch.
             optimizer: The torch optimizer of the online network.
+            step: Steps ``optimizer`` (a :class:`~dqnlab.optim_step.FusedAdamStep`); default ``optimizer.step``.
 
         Returns:
             The ``[B]`` TD errors (new priorities for prioritized replay), as a 1-tuple.
@@ -260,7 +264,7 @@ class DQNModule(pl.LightningModule):
                 p.grad = None
             loss.backward()
         skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, optimizer)
-        optimizer.step()
+        (step or optimizer.step)()
         # The means are over finite steps (pop_metrics subtracts the skipped ones from the count). In-place
         # methods, not `+=`: that would also run nn.Module.__setattr__ (a few us per step each).
         self._metric_sums.add_(torch.where(skip, 0.0, loss_and_q))
@@ -372,7 +376,8 @@ class DQNModule(pl.LightningModule):
             # schedulers fill it in place.
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-        self._runner = GraphedUpdate(partial(self._update, optimizer=opt), capture=graphed)
+        step = FusedAdamStep(opt)  # torch's fused Adam kernel without optimizer.step()'s Python (same numbers)
+        self._runner = GraphedUpdate(partial(self._update, optimizer=opt, step=step), capture=graphed)
         wrapped = ClosureOnlyOptimizer(opt)
         if self.lr_end_factor == 1.0:
             return wrapped
