@@ -54,6 +54,18 @@ from dqnlab.errors import ConfigError
 from dqnlab.rl_math import NStepReturn, n_step_returns
 
 
+class _FlatViews(NamedTuple):
+    """Views of a :class:`ReplayBuffer`'s storage that sampling reads (see ``ReplayBuffer.__init__``)."""
+
+    obs: Tensor  # [capacity, *frame_shape]
+    actions: Tensor  # [capacity]
+    rewards: Tensor  # [capacity]
+    terminated: Tensor  # [capacity]
+    truncated: Tensor  # [capacity]
+    start: Tensor  # 0-dim, bounds[0]: the first sampleable ring entry
+    size: Tensor  # 0-dim, bounds[1]: sampleable entries
+
+
 class Batch(NamedTuple):
     """A minibatch of transitions, all tensors on the buffer's device.
 
@@ -195,6 +207,17 @@ class ReplayBuffer:
         # Numpy views of host storage: writes of one vector step go through them (see _put).
         names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring", "bounds")
         self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
+        # Views that every draw indexes, made once (a view costs a dispatch per use): the storage above is never
+        # reallocated (load_state_dict copies into it). Flat rows are slot * num_envs + env.
+        self._flat = _FlatViews(
+            obs=self.obs.view(self.capacity, *frame_shape),
+            actions=self.actions.view(-1),
+            rewards=self.rewards.view(-1),
+            terminated=self.terminated.view(-1),
+            truncated=self.truncated.view(-1),
+            start=self.bounds[0],
+            size=self.bounds[1],
+        )
         self.pos = 0  # slot of the newest observation
         self.obs_written = 0  # observations written per stream since creation (vector steps + 1)
         self.generator = torch.Generator(device=dev)
@@ -379,8 +402,8 @@ class ReplayBuffer:
 
         """
         r = torch.randint(2**62, (batch_size,), device=self.device, generator=generator)
-        start, size = self.bounds[0], self.bounds[1]
-        idx = self._valid_ring.index_select(0, (r % size + start) % self.capacity)
+        flat = self._flat
+        idx = self._valid_ring.index_select(0, (r % flat.size + flat.start) % self.capacity)
         if self._ones.shape[0] != batch_size:
             self._ones = torch.ones(batch_size, device=self.device)
         return self._batch(idx, self._ones)
@@ -407,11 +430,12 @@ class ReplayBuffer:
         """The batch of the transitions at flat indices ``idx``, with loss weights ``weights``."""
         n = self.num_envs
         b = idx.shape[0]
+        flat = self._flat
         if self.n_step == 1:
             nxt = (idx + n) % self.capacity  # same env, next slot
-            rewards = self.rewards.view(-1).index_select(0, idx)
-            terminated = self.terminated.view(-1).index_select(0, idx)
-            truncated = self.truncated.view(-1).index_select(0, idx)
+            rewards = flat.rewards.index_select(0, idx)
+            terminated = flat.terminated.index_select(0, idx)
+            truncated = flat.truncated.index_select(0, idx)
             if self._gammas.shape[0] != b:
                 self._gammas = torch.full((b,), self.gamma, device=self.device)
             discounts = self._gammas
@@ -423,11 +447,10 @@ class ReplayBuffer:
         if self.frame_stack > 1:
             obs, next_obs = self._gather_stacks(idx // n, idx % n, nxt // n)
         else:
-            flat_obs = self.obs.view(self.capacity, *self.obs.shape[2:])
-            obs, next_obs = flat_obs.index_select(0, idx), flat_obs.index_select(0, nxt)
+            obs, next_obs = flat.obs.index_select(0, idx), flat.obs.index_select(0, nxt)
         return Batch(
             obs=obs,
-            actions=self.actions.view(-1).index_select(0, idx),
+            actions=flat.actions.index_select(0, idx),
             rewards=rewards,
             next_obs=next_obs,
             terminated=terminated,
