@@ -725,7 +725,7 @@ CI_CASES = {"all": 1, "prioritized": 0}
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_cartpole_learns_with_each_switch(make_cfg, variant):
     if variant not in CI_CASES and os.environ.get("DQNLAB_FAMILY_LEARNING") != "all":
-        pytest.skip("set DQNLAB_FAMILY_LEARNING=all to train every variant (30-150 s each on 2 cores)")
+        pytest.skip("set DQNLAB_FAMILY_LEARNING=all to train every variant (20-120 s each on 2 cores)")
     seed = CI_CASES.get(variant, 0)
     summary = run(make_cfg("logger=[]", f"seed={seed}", *VARIANTS[variant]))
     assert summary["eval/return_mean"] >= 475.0, summary
