@@ -397,7 +397,7 @@ def test_breakout_smoke_run_end_to_end_from_the_cli(ale: Any, tmp_path: Path) ->
 
 @pytest.mark.parametrize("backend", ["ale_vector", "gymnasium"])
 def test_send_then_recv_plays_the_same_game_as_step(ale: Any, backend: str) -> None:
-    """The async path (collector.async_envs) through ale-py's native send/recv gives what step gives."""
+    """The async path (collector.async_envs), native send/recv or a worker thread, gives what step gives."""
     from dqnlab.collect import EnvPipe
 
     kw: dict[str, Any] = {"num_envs": 3, "noop_max": 1, "max_episode_steps": 150, "backend": backend}
@@ -405,7 +405,10 @@ def test_send_then_recv_plays_the_same_game_as_step(ale: Any, backend: str) -> N
     a.reset(seed=7)
     b.reset(seed=7)
     pipe = EnvPipe(b, background=True)
-    assert pipe.native  # AtariSignals forwards send/recv (ale-py's own, or a step inside send)
+    # ale-py's vector env steps in its own threads; the gymnasium backend's SyncVectorEnv on the worker thread
+    assert pipe.native == (backend == "ale_vector")
+    # A wrapper without send/recv of its own must get its step called: not native, whatever it wraps.
+    assert not EnvPipe(VectorWrapper(b)).native
     rng = np.random.default_rng(0)
     for _ in range(300):  # past life losses, game overs and truncations
         actions = rng.integers(a.single_action_space.n, size=3)

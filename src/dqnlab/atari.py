@@ -135,7 +135,6 @@ class AtariSignals(VectorWrapper):
         self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.metadata = {**env.metadata, "frame_stack": int(frame_stack), "stack_padding": STACK_PADDING}
         self._lives = np.zeros(env.num_envs, dtype=np.int64)
-        self._sent: tuple | None = None  # results of a send() on an env without native send/recv
 
     def reset(
         self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
@@ -150,16 +149,12 @@ class AtariSignals(VectorWrapper):
         return self._signals(*self.env.step(actions))
 
     def send(self, actions: np.ndarray) -> None:
-        """Start a step without waiting for it (ale-py's vector env; others step here and now)."""
-        if callable(getattr(self.env, "send", None)):
-            self.env.send(actions)
-        else:
-            self._sent = self.env.step(actions)
+        """Start a step without waiting for it (ale-py's vector env, whose C++ threads step the games)."""
+        self.env.send(actions)  # type: ignore[attr-defined]
 
     def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """The results of the step started by :meth:`send`, with the learning signals (as :meth:`step`)."""
-        sent, self._sent = self._sent, None
-        return self._signals(*(sent if sent is not None else self.env.recv()))
+        return self._signals(*self.env.recv())  # type: ignore[attr-defined]
 
     def _signals(
         self, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, info: dict[str, Any]

@@ -19,6 +19,20 @@ from dqnlab.rl_math import linear_schedule
 StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
 
 
+def steps_natively(env: VectorEnv) -> bool:
+    """Whether ``env`` has its own ``send``/``recv`` (ale-py's vector env), through every wrapper around it.
+
+    Each layer's class is asked, not the instance: a wrapper that forwards unknown attributes to the env inside
+    it would otherwise offer the inner ``send`` and skip its own ``step``.
+    """
+    layer: Any = env
+    while layer is not None:
+        if not all(callable(getattr(type(layer), name, None)) for name in ("send", "recv")):
+            return False
+        layer = getattr(layer, "env", None)
+    return True
+
+
 class EnvPipe:
     """Send a vector step now and receive its results later, so the env steps while the host does other work.
 
@@ -34,7 +48,7 @@ class EnvPipe:
 
     def __init__(self, env: VectorEnv, background: bool = False) -> None:
         self.env = env
-        self.native = callable(getattr(env, "send", None)) and callable(getattr(env, "recv", None))
+        self.native = steps_natively(env)
         self.background = background
         self._pool: ThreadPoolExecutor | None = None
         self._future: Future[StepResult] | None = None
