@@ -64,6 +64,17 @@ def test_same_seed_same_summary(make_cfg, tmp_path):
     assert c["seed"] == 4
 
 
+def test_a_wall_clock_limit_ends_training_early_and_still_evaluates(make_cfg, tmp_path):
+    # scripts/gpu_session.sh's Pong check trains for a fixed wall clock (Lightning's max_time).
+    summary = run(make_cfg("debug=smoke", "env_steps=10000000", "+trainer.max_time=00:00:00:02"))
+    assert 100 < summary["env_steps"] < 10_000_000 and summary["gradient_steps"] > 0
+    assert summary["eval/episodes"] == 2  # the final evaluation ran
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    last_train = [r for r in rows if r["perf/wall_s"]][-1]
+    assert float(last_train["env_steps"]) == summary["env_steps"]  # a closing row at the step training stopped
+    assert rows[-1]["eval/return_mean"] and float(rows[-1]["env_steps"]) == summary["env_steps"]
+
+
 class SyncRecorder(pl.Callback):
     """After each step, record whether the target network equals the online one."""
 
