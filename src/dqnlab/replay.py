@@ -62,6 +62,7 @@ class _FlatViews(NamedTuple):
     rewards: Tensor  # [capacity]
     terminated: Tensor  # [capacity]
     truncated: Tensor  # [capacity]
+    first: Tensor  # [capacity]
     start: Tensor  # 0-dim, bounds[0]: the first sampleable ring entry
     size: Tensor  # 0-dim, bounds[1]: sampleable entries
 
@@ -215,6 +216,7 @@ class ReplayBuffer:
             rewards=self.rewards.view(-1),
             terminated=self.terminated.view(-1),
             truncated=self.truncated.view(-1),
+            first=self.first.view(-1),
             start=self.bounds[0],
             size=self.bounds[1],
         )
@@ -347,18 +349,18 @@ class ReplayBuffer:
         """
         k, n, b = self.frame_stack, self.num_envs, slots.shape[0]
         frame_shape = self.obs.shape[2:]
-        flat_obs = self.obs.view(self.capacity, *frame_shape)  # row slot * num_envs + env
+        flat = self._flat  # rows slot * num_envs + env
         pos = torch.arange(k, device=self.device)  # position inside one stack, oldest first
         if next_slots is None:
             next_slots = (slots + 1) % self.slots
         stacks = []
         for end in (slots, next_slots):  # obs, then next obs
             win = (end[:, None] + pos[None, :] - (k - 1)) % self.slots  # [B, k] the stack's slots, oldest first
-            first = self.first.view(-1)[win * n + envs[:, None]]
+            first = flat.first[win * n + envs[:, None]]
             # Position of the newest episode start inside this stack (0 if none: nothing to pad).
             start = (first.long() * pos).amax(dim=1, keepdim=True)  # [B, 1]
             src = win.gather(1, torch.maximum(pos[None, :], start))  # [B, k] source slots
-            st = flat_obs.index_select(0, (src * n + envs[:, None]).view(-1)).view(b, k, *frame_shape)
+            st = flat.obs.index_select(0, (src * n + envs[:, None]).view(-1)).view(b, k, *frame_shape)
             if self.stack_padding == "zero":
                 # A multiply by a 0/1 frame mask: no host sync, and far cheaper than a broadcast masked_fill_.
                 keep = (pos[None, :] >= start).to(st.dtype).view(b, k, *([1] * len(frame_shape)))
@@ -415,13 +417,14 @@ class ReplayBuffer:
         steps = torch.arange(self.n_step, device=self.device)
         win = (slots[:, None] + steps[None, :]) % self.slots  # [B, n_step] slots of the summed steps
         flat = win * n + envs[:, None]
-        next_first = self.first.view(-1)[((win + 1) % self.slots) * n + envs[:, None]]
+        rows = self._flat
+        next_first = rows.first[((win + 1) % self.slots) * n + envs[:, None]]
         # Step k's next observation is stored when slot t + k + 1 is not past the newest slot (self.pos).
         stored = steps[None, :] < ((self.bounds[2] - slots) % self.slots)[:, None]
         return n_step_returns(
-            self.rewards.view(-1)[flat],
-            self.terminated.view(-1)[flat],
-            self.truncated.view(-1)[flat],
+            rows.rewards[flat],
+            rows.terminated[flat],
+            rows.truncated[flat],
             stored & ~next_first,
             self.gamma,
         )
