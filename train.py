@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from dqnlab.errors import exit_on_config_error
+from dqnlab.validate import refuse_unknown_override_keys
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -27,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_override_keys(sys.argv[1:])  # before Hydra, whose hint for them is a `+key=` typo
     main()
     # Everything is written. One collection frees the run's cyclic garbage (the trainer, its callbacks and the
     # envs they hold: ale-py's C++ vector env reports itself leaked if it is still alive at exit, ~0.13 s).

@@ -31,6 +31,7 @@ from dqnlab.replay import BufferTooLargeError, available_memory_bytes
 from dqnlab.validate import (
     KNOBS,
     LIGHTNING_CKPT_KEYS,
+    TOP_LEVEL_KEYS,
     check_checkpoint,
     check_writable_dir,
     validate_config,
@@ -266,6 +267,36 @@ def test_typo_in_a_merged_yaml_node_is_caught(make_cfg):
         cfg.algo.gama = 0.9  # what a typo in an experiment file produces: Hydra merges it silently
     with pytest.raises(ConfigError, match=r"algo\.gama is not a setting of .*did you mean algo\.gamma\?"):
         validate_config(cfg)
+
+
+TOP_LEVEL_TYPOS = [
+    # (override, the did-you-mean it must name): each used to train the default experiment and exit 0
+    ("+optimzer.lr=1e-3", "did you mean optimizer.lr?"),
+    ("+sed=3", "did you mean seed?"),
+    ("+colector.train_freq=4", "did you mean collector.train_freq?"),
+    ("+envs=pong", "did you mean env?"),
+    # ... and without `+`, where Hydra's own hint would have led to the line above
+    ("optimzer.lr=1e-3", "did you mean optimizer.lr?"),
+    ("envs=pong", "did you mean env?"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("override", "hint"), TOP_LEVEL_TYPOS, ids=[o for o, _ in TOP_LEVEL_TYPOS])
+def test_cli_refuses_an_unknown_top_level_key_with_a_close_match(tmp_path, override, hint):
+    proc = _run_cli([PYTHON, "train.py", override, f"hydra.run.dir={tmp_path / 'run'}"])  # the defaults, no smoke
+    assert proc.returncode == EXIT_CONFIG_ERROR, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and hint in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_top_level_keys_are_those_of_conf(tmp_path):
+    import yaml
+
+    train = yaml.safe_load((Path(CONF_DIR) / "train.yaml").read_text())
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    assert set(TOP_LEVEL_KEYS) == (set(train) - {"defaults"}) | groups
 
 
 def test_unknown_choice(make_cfg):

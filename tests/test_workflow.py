@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -134,8 +135,8 @@ def test_sigterm_saves_last_checkpoint_and_stops_cleanly(tmp_path, monkeypatch):
     handler_before = signal.getsignal(signal.SIGTERM)
     real_build = train_module.build
 
-    def build_with_signal(cfg):
-        parts = real_build(cfg)
+    def build_with_signal(cfg, stop=None):
+        parts = real_build(cfg, stop)
         parts.trainer.callbacks.insert(0, _SignalAt(30, signal.SIGTERM))
         return parts
 
@@ -295,12 +296,53 @@ def test_wandb_fails_fast_naming_offline_mode_when_fallback_is_off(tmp_path, mon
     assert time.monotonic() - started < 30
 
 
-def test_progress_bar_renders_env_steps_return_epsilon_and_speed(make_cfg, capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "160")  # rich cuts the line to 80 columns when stdout is not a terminal
-    run(make_cfg("debug=smoke", "progress_bar=true"))
-    out = capsys.readouterr().out
-    assert "env steps" in out and "400/400" in out
-    assert re.search(r"eps 0\.\d{3}", out) and "steps/s" in out and "return" in out
+def test_progress_without_a_terminal_is_plain_lines_in_the_log(make_cfg, caplog):
+    caplog.set_level("INFO")
+    run(make_cfg("debug=smoke"))  # progress_bar=true: debug=smoke keeps the bar a user has
+    lines = [r.getMessage() for r in caplog.records if r.name == "dqnlab.progress"]
+    assert lines[0].startswith("100/100 random env steps (prefill)")
+    assert re.match(r"400/400 env steps  \d+:\d\d eta \d+:\d\d  train return \d+\.\d  eps 0\.\d{3}  [\d,]+ steps/s", lines[-1])
+
+
+def test_progress_line_keeps_the_count_the_time_and_the_eta_at_80_columns():
+    from dqnlab.progress import progress_line
+
+    line = progress_line("train", 8_668, 30_000, 4.2, 2_044.0, "160.0", 0.01, width=70)
+    assert line.startswith("8,668/30,000 env steps  0:04 eta 0:10") and len(line) <= 70
+    assert "train return 160.0" in line  # the return of training episodes, said as such
+    wide = progress_line("train", 8_668, 30_000, 4.2, 2_044.0, "160.0", 0.01, width=200)
+    assert wide.endswith("eps 0.010  2,044 steps/s")
+
+
+def test_every_run_writes_metrics_csv_and_integer_counts(make_cfg, tmp_path):
+    summary = run(make_cfg("debug=smoke", "logger=tensorboard"))  # not the default logger: metrics.csv still
+    assert (tmp_path / "metrics.csv").is_file() and list((tmp_path / "tensorboard").iterdir())
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("env_steps", "gradient_steps", "episodes", "seed", "eval/episodes"):
+        assert isinstance(saved[key], int) and saved[key] == summary[key], key
+
+
+def test_a_resume_reports_its_own_speed(reference_run, tmp_path):
+    out, _ = reference_run
+    # Resuming the finished run takes no env step in this process: its speed is 0, not 600 over a short fit.
+    resumed = run(compose_cfg([*RESUMABLE, f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"], tmp_path))
+    assert resumed["env_steps"] == 600 and resumed["env_steps_per_s"] == 0
+
+
+def test_a_checkpoint_holds_only_the_filled_part_of_the_replay(tmp_path):
+    from dqnlab.replay import ReplayBuffer
+
+    buffer = ReplayBuffer(20_000, (4, 84, 84), torch.uint8, num_envs=1, frame_stack=4)  # 141 MB of frames
+    obs = torch.randint(0, 255, (1, 4, 84, 84), dtype=torch.uint8).numpy()
+    buffer.start(obs)
+    for _ in range(100):
+        buffer.add(np.zeros(1, int), np.ones(1), np.zeros(1, bool), np.zeros(1, bool), obs)
+    path = tmp_path / "b.pt"
+    torch.save(buffer.state_dict(), path)
+    assert path.stat().st_size < 2_000_000  # 101 frames of 7 KB, not 20,000
+    again = ReplayBuffer(20_000, (4, 84, 84), torch.uint8, num_envs=1, frame_stack=4)
+    again.load_state_dict(torch.load(path, weights_only=False))
+    assert torch.equal(again.obs, buffer.obs) and torch.equal(again.sample(32).obs, buffer.sample(32).obs)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps and plots
@@ -351,7 +393,8 @@ def test_optuna_sweep_tunes_and_each_job_is_one_wandb_run(tmp_path):
     proc = _train(
         "hparams_search=cartpole_optuna",
         "debug=smoke",
-        "collector.learning_starts=150",  # env steps: room for the search space's largest batch (128)
+        "collector.learning_starts=600",  # env steps: room for the search space's largest batch (512)
+        "env_steps=800",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.n_startup_trials=2",
         "logger=[csv,wandb]",

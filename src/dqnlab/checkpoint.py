@@ -21,18 +21,15 @@ from __future__ import annotations
 import logging
 import pickle
 import random
-import signal
-import threading
 from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from fsspec.utils import get_protocol
-from gymnasium.vector import SyncVectorEnv, VectorEnv
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
@@ -40,6 +37,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from dqnlab.collect import EnvStepper
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_open
+from dqnlab.stopping import Interrupted, SignalStop
 from dqnlab.validate import check_checkpoint
 
 log = logging.getLogger(__name__)
@@ -114,10 +112,12 @@ def save_env_state(env: VectorEnv) -> tuple[bytes | None, str]:
     a checkpoint starts new episodes.
     """
     if not isinstance(env, SyncVectorEnv):
-        return None, (
-            f"{type(env).__name__} is not a gymnasium SyncVectorEnv (ale-py's native vector env, envs in other "
-            "processes and vector wrappers keep state that cannot be captured)"
-        )
+        inner = getattr(env, "unwrapped", env)
+        if "ale_py" in type(inner).__module__ or "Atari" in type(env).__name__:
+            return None, "the Atari emulators cannot be saved"
+        if isinstance(inner, AsyncVectorEnv):
+            return None, "the envs run in other processes (env.vectorization=async)"
+        return None, f"{type(env).__name__} is not a gymnasium SyncVectorEnv, whose state alone can be saved"
     try:
         fields = {name: getattr(env, name) for name in _SYNC_VECTOR_FIELDS if hasattr(env, name)}
         return pickle.dumps({"envs": env.envs, "fields": fields}), ""
@@ -167,7 +167,8 @@ class ResumeState(Callback):
         blob, why = save_env_state(self.collector.env)
         if blob is None and not self._warned_env:
             self._warned_env = True
-            log.warning("the training env's state is not saved in checkpoints: %s; a resume starts new episodes", why)
+            # Said once, when the first checkpoint is written; a resume from it says so again (ResumeState).
+            log.info("checkpoints hold the training but not the envs' state (%s): a resume starts new episodes", why)
         return {"rng": collect_rng_states(), "env": blob}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -210,7 +211,7 @@ class ResumeState(Callback):
             c.restart_episodes(seed=c.seed + c.env_steps)  # a new seed: the first episodes are not replayed
         if not self._has_buffer:
             # Counted as env steps: the budget stays env_steps, the collector is ahead until updates catch up.
-            c.step_until(pl_module, c.env_steps + c.learning_starts)
+            c.prefill(pl_module, c.env_steps + c.learning_starts, random=False)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """At the first step after a resume, restore the global RNG states (after the dataloader drew a seed)."""
@@ -220,36 +221,15 @@ class ResumeState(Callback):
 
 
 # ---------------------------------------------------------------------------------------------- the checkpoint callback
-class Interrupted(SystemExit):
-    """Training stopped on a signal after saving a checkpoint; exits with ``128 + signal``, like a shell.
-
-    A ``SystemExit``: Hydra and Lightning let it through, ``finally`` blocks run (envs close, W&B finishes),
-    and the process ends with status 130 (SIGINT) or 143 (SIGTERM) without a traceback.
-    """
-
-    def __init__(self, signum: int, checkpoint: str, env_steps: int) -> None:
-        super().__init__(128 + signum)
-        self.signum = signum
-        self.checkpoint = checkpoint
-        self.env_steps = env_steps
-
-    def __str__(self) -> str:
-        """The message: what happened and how to go on."""
-        return (
-            f"stopped by {signal.Signals(self.signum).name} at env step {self.env_steps}: saved {self.checkpoint}; "
-            f"resume with `python train.py ckpt_path={self.checkpoint}` and the same overrides"
-        )
-
-
 class DQNCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` paced in env steps, plus ``last.ckpt``, signal handling and buffer control.
 
-    - Every ``every`` env steps (converted to gradient steps with the collector's replay ratio) it writes
+    - At every multiple of ``every`` env steps (after the last update those env steps allow) it writes
       ``env_steps_N.ckpt`` (``keep`` of them are kept) and refreshes ``last.ckpt``; at the end of training it
       writes ``last.ckpt`` once more. Files are written atomically by :class:`AtomicCheckpointIO`.
-    - On SIGINT or SIGTERM during training it finishes the current gradient step, writes ``last.ckpt`` and raises
-      :class:`Interrupted` (exit status 130 or 143, no final evaluation, no ``summary.json``). A second signal
-      stops at once without saving.
+    - On SIGINT or SIGTERM during training (seen by the run's :class:`~dqnlab.stopping.SignalStop`) it finishes
+      the current gradient step, writes ``last.ckpt`` and raises :class:`~dqnlab.stopping.Interrupted` (exit
+      status 130 or 143, no final evaluation, no ``summary.json``). A second signal stops at once without saving.
 
     Args:
         collector: The env stepper (env-step counter and replay ratio).
@@ -258,6 +238,7 @@ class DQNCheckpoint(ModelCheckpoint):
         keep: Periodic ``env_steps_N.ckpt`` files kept: -1 all, 1 the newest, 0 none (``last.ckpt`` only).
         save_buffer: Include the replay buffer (the only way to an exact resume; it may be gigabytes).
         handle_signals: Save and stop on SIGINT/SIGTERM (main thread only).
+        stop: The run's signal handlers (``None``: a private set, installed when training starts).
 
     """
 
@@ -269,14 +250,13 @@ class DQNCheckpoint(ModelCheckpoint):
         keep: int = -1,
         save_buffer: bool = True,
         handle_signals: bool = True,
+        stop: SignalStop | None = None,
     ) -> None:
         if every < 0:
             raise ConfigError(f"checkpoint.every={every} must be >= 0 env steps (0 = only last.ckpt)")
         if keep not in (-1, 0, 1):
             # Lightning keeps "the k best" only by a monitored metric; by time it knows all, none or the newest.
             raise ConfigError(f"checkpoint.keep={keep} is not supported: use -1 (all), 0 (none) or 1 (the newest)")
-        # env steps per gradient step = train_freq / gradient_steps (the collector's replay ratio, inverted)
-        n = max(1, round(every * collector.gradient_steps / collector.train_freq)) if every else 0
         super().__init__(
             dirpath=dirpath,
             # env_steps_20000.ckpt: no "=" in the name, which Hydra overrides would need quoted (ckpt_path=...)
@@ -284,7 +264,7 @@ class DQNCheckpoint(ModelCheckpoint):
             auto_insert_metric_name=False,
             save_last=True,
             save_top_k=keep if every else 0,
-            every_n_train_steps=n,
+            every_n_train_steps=0,  # paced in env steps by on_train_batch_end, not in gradient steps
             every_n_epochs=0,
             enable_version_counter=False,  # a resume in the same dir overwrites last.ckpt, never last-v1.ckpt
         )
@@ -292,9 +272,10 @@ class DQNCheckpoint(ModelCheckpoint):
         self.every_env_steps = int(every)
         self.save_buffer = bool(save_buffer)
         self.handle_signals = bool(handle_signals)
-        self._signal: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self.stop = stop if stop is not None else SignalStop()
+        self._own_stop = stop is None
         self._warned_buffer = False
+        self._next_save = 0  # env step of the next periodic checkpoint (set when training starts)
 
     @property
     def last_path(self) -> Path:
@@ -327,7 +308,10 @@ class DQNCheckpoint(ModelCheckpoint):
         # its checkpoint from the file, so they must be on disk before the checkpoint is. (Nothing new: a no-op.)
         for logger in trainer.loggers:
             logger.save()
+        self.stop.writing = filepath  # a second Ctrl-C now says which file is not written
         super()._save_checkpoint(trainer, filepath)
+        self.stop.writing = None
+        self.stop.saved = (filepath, self.collector.env_steps)
 
     def write_last(self, trainer: pl.Trainer, force: bool = False) -> str:
         """Write ``last.ckpt`` now (unless it already holds this gradient step and not ``force``); return its path."""
@@ -335,38 +319,16 @@ class DQNCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         return self.last_model_path
 
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._signal is not None:  # second signal: the user does not want to wait
-            self._restore_signal_handlers()
-            raise KeyboardInterrupt
-        self._signal = signum
-        log.warning(
-            "%s received: saving a checkpoint after this gradient step, then stopping (send it again to stop at "
-            "once without saving)",
-            signal.Signals(signum).name,
-        )
-
-    def _install_signal_handlers(self) -> None:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous_handlers[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._on_signal)
-
-    def _restore_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
-
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Install the SIGINT/SIGTERM handlers for the training loop (after Lightning registered its own)."""
         super().on_train_start(trainer, pl_module)
-        self._signal = None
-        self._install_signal_handlers()
+        # At every multiple of `every` env steps (env_steps_10000.ckpt, ...), counted from env step 0, after the
+        # last update those env steps allow; a resume goes on from the checkpoint's own env step.
+        every = self.every_env_steps
+        self._next_save = (self.collector.env_steps // every + 1) * every if every else 0
+        if self.handle_signals and self._own_stop:
+            self.stop.install()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """Periodic checkpoint; after a signal, ``last.ckpt`` and :class:`Interrupted`.
@@ -374,33 +336,35 @@ class DQNCheckpoint(ModelCheckpoint):
         Lightning runs checkpoint callbacks after all others, so what is saved is the state at the end of
         this gradient step, every other callback's hooks included.
         """
-        super().on_train_batch_end(trainer, pl_module, *args)
-        if self._signal is None:
+        super().on_train_batch_end(trainer, pl_module, *args)  # Lightning's periodic saving is off (env steps here)
+        c = self.collector
+        due = self.every_env_steps and c.env_steps >= self._next_save
+        if due and c.updates_caught_up(trainer.global_step) and not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+            self._next_save = (c.env_steps // self.every_env_steps + 1) * self.every_env_steps
+        if self.stop.signum is None or not self.handle_signals:
             return
-        signum, self._signal = self._signal, None
-        self._restore_signal_handlers()
+        signum = self.stop.signum
         path = self.write_last(trainer)
+        self.stop.signum = None
         stop = Interrupted(signum, path, self.collector.env_steps)
         log.warning("%s", stop)
         raise stop
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Training is over: Ctrl-C during the final evaluation stops at once again."""
-        super().on_train_epoch_end(trainer, pl_module)
-        self._restore_signal_handlers()
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the final ``last.ckpt`` (after the final evaluation, which it then includes)."""
-        self._restore_signal_handlers()
         # Also when a periodic checkpoint was taken at this very step: the final evaluation and the last metrics
         # rows came after it, and a resume of the finished run (a requeued job, or one killed before summary.json
         # was written) needs them to write the same summary.json.
         self.write_last(trainer, force=True)
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """Put the previous signal handlers back."""
-        self._restore_signal_handlers()
-        super().on_exception(trainer, pl_module, exception)
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Put the previous signal handlers back (when this callback installed them)."""
+        if self._own_stop:
+            self.stop.restore()
+        super().teardown(trainer, pl_module, stage)
 
 
 # ---------------------------------------------------------------------------------------------- resuming

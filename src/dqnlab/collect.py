@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -163,8 +164,11 @@ class EnvStepper(Callback):
         self._new_lengths: list[int] = []
         self._next_log = self.log_every
         self._restored = False
+        # Called after every vector step of the random prefill (the progress bar, the signal check).
+        self.prefill_watchers: list[Callable[[], None]] = []
         self._last_log_time = 0.0
         self._fit_start_time = time.perf_counter()
+        self.fit_start_env_steps = 0
         self._last_log_env_steps = 0
         self._last_log_gradient_steps = 0
 
@@ -282,15 +286,31 @@ class EnvStepper(Callback):
         while self.env_steps < env_steps:
             self.step(pl_module, random=random)
 
+    def prefill(self, pl_module: pl.LightningModule, env_steps: int, random: bool = True) -> None:
+        """:meth:`step_until` before training starts, calling :attr:`prefill_watchers` after each vector step.
+
+        A watcher may raise to stop (a signal during the prefill ends the run there).
+        """
+        while self.env_steps < env_steps:
+            self.step(pl_module, random=random)
+            for watch in self.prefill_watchers:
+                watch()
+
+    @property
+    def restored(self) -> bool:
+        """Whether this run continues from a checkpoint (no random prefill then, unless its buffer was left out)."""
+        return self._restored
+
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Reset the env and prefill ``learning_starts`` random env steps (skipped when resuming)."""
         self._fit_start_time = time.perf_counter()
+        self.fit_start_env_steps = self.env_steps  # restored already on a resume: this process's steps follow
         self._async = self.async_envs is True or (self.async_envs == "auto" and pl_module.device.type == "cuda")
         self._pipe.background = self._async
         if not self._restored:
             self._reset()
-            self.step_until(pl_module, self.learning_starts, random=True)
+            self.prefill(pl_module, self.learning_starts)
         self._last_log_time = time.perf_counter()
         self._last_log_env_steps = self.env_steps
         self._last_log_gradient_steps = trainer.global_step

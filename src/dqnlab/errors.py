@@ -11,6 +11,7 @@ This module imports nothing heavy: Hydra's callback loads it before torch is imp
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -110,16 +111,47 @@ def report_and_exit(err: BaseException) -> None:
     sys.exit(getattr(err, "exit_code", EXIT_CONFIG_ERROR))
 
 
+def _find_signal_stop(exc: BaseException) -> SystemExit | None:
+    """A stop on Ctrl-C/SIGTERM behind ``exc`` (a second Ctrl-C inside ``torch.save`` comes out wrapped)."""
+    stopping = sys.modules.get("dqnlab.stopping")  # imported by a run; absent: no run, no signal stop
+    return stopping.find_stop(exc) if stopping is not None else None
+
+
+def log_traceback_to_files(exc: BaseException) -> None:
+    """Write ``exc``'s traceback to the run's log files (``train.log``); the terminal gets Hydra's own report."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = logging.LogRecord(
+        "dqnlab", logging.ERROR, __file__, 0, "the run failed:", None, (type(exc), exc, exc.__traceback__)
+    )
+    for handler in handlers:
+        handler.handle(record)
+
+
 @contextmanager
 def exit_on_config_error() -> Iterator[None]:
     """Turn a :class:`ConfigError` raised inside the block into :func:`report_and_exit`; re-raise anything else.
 
-    With ``HYDRA_FULL_ERROR=1`` nothing is caught, so the full traceback shows.
+    A stop on a signal ends the process with its exit status (130, 143) and its one-line message, whatever it
+    interrupted (a second Ctrl-C during a checkpoint write surfaces as torch's ``RuntimeError``). Anything else
+    is re-raised, its traceback first written to ``train.log``. With ``HYDRA_FULL_ERROR=1`` nothing is caught.
     """
     try:
         yield
+    except SystemExit as exc:
+        stopping = sys.modules.get("dqnlab.stopping")
+        if stopping is not None and isinstance(exc, stopping.HardStop | stopping.Interrupted):
+            if isinstance(exc, stopping.HardStop):
+                print(f"{exc}", file=sys.stderr, flush=True)  # raised from the signal handler: not printed yet
+            stopping.exit_at_once_on_more_signals(exc)
+        raise
     except Exception as exc:
+        stop = None if full_error_requested() else _find_signal_stop(exc)
+        if stop is not None:
+            print(f"{stop}", file=sys.stderr, flush=True)
+            sys.modules["dqnlab.stopping"].exit_at_once_on_more_signals(stop)
+            sys.exit(stop.code)
         err = find_user_error(exc)
         if err is None or full_error_requested():
+            log_traceback_to_files(exc)
             raise
         report_and_exit(err)

@@ -226,12 +226,16 @@ class Evaluator(Callback):
         final = self.evaluate(pl_module)
         if self.keep_best and self.best is not None:
             last = final["eval/return_mean"]
+            # The kept network and its score: the final one unless a periodic evaluation beat it (so "best"
+            # is never below "last": the final evaluation is a candidate too).
+            best_return, best_env_steps = last, self.collector.env_steps
             if self.best["return_mean"] > last:
                 pl_module.q_net.load_state_dict(self.best["state"])
                 final = self.evaluate(pl_module)  # new episodes: the next evaluation's seed
+                best_return, best_env_steps = self.best["return_mean"], self.best["env_steps"]
             final["eval/last_return_mean"] = last
-            final["eval/best_return_mean"] = float(self.best["return_mean"])
-            final["eval/best_env_steps"] = float(self.best["env_steps"])
+            final["eval/best_return_mean"] = float(best_return)
+            final["eval/best_env_steps"] = float(best_env_steps)
         self.final = final
         self._log(trainer, self.final)
 

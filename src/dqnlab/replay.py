@@ -465,15 +465,20 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict:
-        """Everything needed to continue sampling exactly where this buffer stands."""
+        """Everything needed to continue sampling exactly where this buffer stands.
+
+        Only the filled slots are in it (a 1M-transition Atari buffer 9% full writes 9% of its 7 GB), as views
+        of the storage, never copies: a checkpoint needs no second buffer's worth of memory.
+        """
+        filled = min(self.obs_written, self.slots)
         return {
-            "obs": self.obs,
-            "actions": self.actions,
-            "rewards": self.rewards,
-            "terminated": self.terminated,
-            "truncated": self.truncated,
-            "first": self.first,
-            "valid_ring": self._valid_ring,
+            "obs": _leading_rows(self.obs, filled),
+            "actions": _leading_rows(self.actions, filled),
+            "rewards": _leading_rows(self.rewards, filled),
+            "terminated": _leading_rows(self.terminated, filled),
+            "truncated": _leading_rows(self.truncated, filled),
+            "first": _leading_rows(self.first, filled),
+            "valid_ring": _leading_rows(self._valid_ring, min(self._ring_head, self.capacity)),
             "ring_head": self._ring_head,
             "ring_tail": self._ring_tail,
             "valid_per_slot": self._valid_per_slot.copy(),
@@ -489,9 +494,10 @@ class ReplayBuffer:
         for name in ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring"):
             src = state[name.lstrip("_")]
             dst = getattr(self, name)
-            if src.shape != dst.shape:
-                raise ValueError(f"replay buffer {name} shape {tuple(src.shape)} != {tuple(dst.shape)}")
-            dst.copy_(src)
+            # The filled rows only (older checkpoints hold them all); the rest stays as allocated (zeros).
+            if src.shape[1:] != dst.shape[1:] or src.shape[0] > dst.shape[0]:
+                raise ValueError(f"replay buffer {name} shape {tuple(src.shape)} does not fit {tuple(dst.shape)}")
+            dst[: src.shape[0]].copy_(src)
         self._ring_head = int(state["ring_head"])
         self._ring_tail = int(state["ring_tail"])
         self._valid_per_slot[:] = state["valid_per_slot"]
@@ -501,6 +507,18 @@ class ReplayBuffer:
         self.obs_written = int(state["obs_written"])
         self.generator.set_state(state["generator"])
         self._push_bounds()
+
+
+def _leading_rows(t: Tensor, rows: int) -> Tensor:
+    """The first ``rows`` rows of a contiguous ``t`` as a tensor on a storage of just those bytes (no copy).
+
+    ``torch.save`` writes a view's whole storage, so ``t[:rows]`` would still write all of ``t``.
+    """
+    if rows >= t.shape[0]:
+        return t
+    row_bytes = t[0].numel() * t.element_size()
+    storage = t.untyped_storage()[: rows * row_bytes]
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(storage, 0, (rows, *t.shape[1:]))
 
 
 class ReplayDataset(IterableDataset):

@@ -16,7 +16,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from dqnlab.checkpoint import (
     CHECKPOINT_DIR,
@@ -36,7 +36,9 @@ from dqnlab.networks import build_network
 from dqnlab.nonfinite import NonFiniteGuard
 from dqnlab.progress import EnvStepProgressBar
 from dqnlab.replay import ReplayBuffer
-from dqnlab.tracking import carry_over_csv_rows, finish_wandb, read_metric_rows
+from dqnlab.report import as_counts, cpu_hint, describe_run, format_summary
+from dqnlab.stopping import SignalStop, StopOnSignal
+from dqnlab.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
 from dqnlab.validate import check_writable_dir, validate_config, validate_env
 from dqnlab.video import make_render_env
 
@@ -50,6 +52,11 @@ def resolve_device(accelerator: str) -> torch.device:
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+def resolve_device_name(cfg: DictConfig) -> str:
+    """``cpu`` or ``cuda``: where the learner runs."""
+    return resolve_device(cfg.trainer.get("accelerator", "auto")).type
 
 
 def _quiet_lightning() -> None:
@@ -69,13 +76,23 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     # Resuming into a new run dir: the checkpoint callback starts a fresh list of files there, as it should.
     warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
+    # Wherever SLURM's client is installed (every cluster login node) Lightning suggests `srun python ...`; dqnlab
+    # goes to SLURM through Hydra's submitit launcher, one process per job, so the advice does not apply.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """Every logger selected in the ``logger`` group (several may be combined: ``logger=[csv,wandb]``)."""
+    """Every logger selected in the ``logger`` group (several may be combined: ``logger=[csv,wandb]``).
+
+    ``metrics.csv`` is always among them (``plot.py``, a resume and the summary read it): ``logger=wandb`` or
+    ``logger=tensorboard`` add to it. Only ``logger=[]`` logs nothing (benchmarks).
+    """
     if not cfg.get("logger"):
         return []
-    return [instantiate(node) for node in cfg.logger.values() if node is not None and "_target_" in node]
+    loggers = [instantiate(node) for node in cfg.logger.values() if node is not None and "_target_" in node]
+    if loggers and not any(isinstance(logger, CSVLogger) for logger in loggers):
+        loggers.insert(0, AtomicCSVLogger(save_dir=cfg.paths.output_dir, name="", version=""))
+    return loggers
 
 
 @dataclass
@@ -99,12 +116,14 @@ class Components:
             finish_wandb(failed)
 
 
-def build(cfg: DictConfig) -> Components:
+def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
     """Instantiate env, network, module, replay, callbacks, loggers and trainer from a composed config.
 
     The network and buffer are completed with what only the env knows (observation shape and dtype,
-    action count, number of env streams); the trainer with ``max_steps`` derived from ``env_steps``.
+    action count, number of env streams); the trainer with ``max_steps`` derived from ``env_steps``. ``stop``
+    holds the run's SIGINT/SIGTERM handlers (``run`` installs them around ``fit``; ``None``: a new set).
     """
+    stop = stop if stop is not None else SignalStop()
     env_factory = instantiate(cfg.env)
     env = env_factory()
     try:
@@ -146,16 +165,17 @@ def build(cfg: DictConfig) -> Components:
         # The guard right after the collector: it acts on the non-finite count of the row the collector logs.
         config = OmegaConf.to_container(cfg, resolve=True)
         guard = NonFiniteGuard(collector, cfg.get("nonfinite", "error"), checkpoint_dir(cfg))
+        # The progress bar before the collector: it is open during the collector's random prefill.
+        checkpoint = build_checkpoint(cfg, collector, stop)
         callbacks: list[pl.Callback] = [
             ResumeState(collector, config),
+            StopOnSignal(stop, collector, checkpointing=checkpoint is not None),
+            *([EnvStepProgressBar(collector)] if cfg.get("progress_bar", True) else []),
             collector,
             guard,
             instantiate(cfg.target),
             evaluator,
         ]
-        if cfg.get("progress_bar", True):
-            callbacks.append(EnvStepProgressBar(collector))
-        checkpoint = build_checkpoint(cfg, collector)
         if checkpoint is not None:
             callbacks.append(checkpoint)  # Lightning runs it after all others, whatever its place
 
@@ -173,12 +193,12 @@ def build(cfg: DictConfig) -> Components:
     return Components(env, module, buffer, collector, evaluator, trainer, checkpoint)
 
 
-def build_checkpoint(cfg: DictConfig, collector: EnvStepper) -> DQNCheckpoint | None:
+def build_checkpoint(cfg: DictConfig, collector: EnvStepper, stop: SignalStop | None = None) -> DQNCheckpoint | None:
     """The checkpoint callback of the ``checkpoint`` group, completed with the collector (``None``: no group)."""
     node = cfg.get("checkpoint")
     if not node or "_target_" not in node:
         return None
-    return instantiate(node)(collector=collector)
+    return instantiate(node)(collector=collector, stop=stop)
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
@@ -223,8 +243,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     parts: Components | None = None
     failed = True
+    # Ctrl-C / SIGTERM from here to the end of the final evaluation (dqnlab.stopping): a first signal during the
+    # set-up (allocating a large replay takes seconds) stops at the first env step, a second one at once.
+    stop = SignalStop()
     try:
-        parts = build(cfg)
+        stop.install()
+        parts = build(cfg, stop)
+        log.info("%s", describe_run(cfg, resolve_device_name(cfg)))
+        hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), resolve_device_name(cfg))
+        if hint and ckpt_path is None:
+            log.warning("%s", hint)
         for logger in parts.trainer.loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         carry_over_csv_rows(parts.trainer.loggers, earlier_rows)
@@ -237,6 +265,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         fit_s = time.perf_counter() - t_fit
         failed = False
     finally:
+        stop.restore()
         if parts is not None:
             parts.close(failed)
         finish_wandb(failed)  # one W&B run per job, also when a multirun runs its jobs in one process
@@ -248,9 +277,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "gradient_steps": float(parts.trainer.global_step),
         "episodes": float(collector.episodes),
         "wall_time_s": time.perf_counter() - t_start,
-        "env_steps_per_s": collector.env_steps / max(fit_s, 1e-9),
+        # This process's own env steps over its own fit time (a resume took the earlier ones in another).
+        "env_steps_per_s": (collector.env_steps - collector.fit_start_env_steps) / max(fit_s, 1e-9),
         "seed": float(cfg.seed),
     }
+    summary = as_counts(summary)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    log.info("summary: %s", summary)
+    last = parts.checkpoint.last_path if parts.checkpoint is not None else None
+    log.info("%s", format_summary(summary, out_dir, last))
     return summary

@@ -23,6 +23,8 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,7 +185,80 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
+# Every top-level key a composed config may hold: conf/train.yaml's run-level knobs and the config groups
+# (tests/test_validation.py checks this against conf/, so it cannot drift). Anything else was added by a
+# `+key=` override or a YAML file, and nothing reads it: a typo that would train the wrong experiment.
+RUN_KNOBS = ("seed", "env_steps", "torch_threads", "progress_bar", "optimized_metric", "ckpt_path", "nonfinite")
+GROUPS = (
+    "algo",
+    "buffer",
+    "checkpoint",
+    "collector",
+    "debug",
+    "env",
+    "eval",
+    "experiment",
+    "hparams",
+    "hparams_search",
+    "logger",
+    "network",
+    "optimizer",
+    "paths",
+    "target",
+    "trainer",
+)
+TOP_LEVEL_KEYS = (*RUN_KNOBS, *GROUPS, "hydra")
+
+
+def unknown_top_level_key(key: str) -> str | None:
+    """For a dotted key (``optimzer.lr``) whose first part is not a dqnlab config key: the problem and a fix."""
+    head, _, rest = key.partition(".")
+    if head in TOP_LEVEL_KEYS:
+        return None
+    close = difflib.get_close_matches(head, TOP_LEVEL_KEYS, n=1, cutoff=0.6)
+    if close:
+        fix = f"did you mean {close[0]}{'.' + rest if rest else ''}?"
+    else:
+        fix = f"the top-level keys are {', '.join(RUN_KNOBS)} and the groups {', '.join(GROUPS)}"
+    return f"{key} is not a dqnlab setting ({head!r} is neither a run knob nor a config group): {fix}"
+
+
+# Hydra's flags that take a value (`--cfg job`, `-cn NAME`, ...): the value is not an override.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir"}
+_FLAGS_WITH_VALUE |= {"-cd", "--experimental-rerun"}
+
+
+def refuse_unknown_override_keys(argv: list[str]) -> None:
+    """``optimzer.lr=1e-3``: Hydra's own message suggests ``+optimzer.lr=1e-3``, which would add a key nothing
+    reads; name the key dqnlab has instead (exit status 2), keeping Hydra's words in the message.
+    """
+    skip = False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = not skip and arg in _FLAGS_WITH_VALUE
+            continue
+        match = re.match(r"([A-Za-z_][\w./@-]*)=", arg)  # plain `key=value`; `+key=`/`~key` are checked in run()
+        problem = match and unknown_top_level_key(match.group(1).replace("/", ".").split("@")[0])
+        if problem:
+            print(f"error: {arg}: {problem} (Hydra: Could not override {match.group(1)!r})", file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
+
+
 # ---------------------------------------------------------------------------------------------- checks
+def _check_top_level(raw: dict[str, Any]) -> list[str]:
+    """Top-level keys nothing reads (``+optimzer.lr=1e-3``, ``+sed=3``, ``+envs=pong``), with a close match."""
+    problems = []
+    for head, node in raw.items():
+        if head in TOP_LEVEL_KEYS:
+            continue
+        # Name the key as the user wrote it: `+optimzer.lr=...` composes to {optimzer: {lr: ...}}.
+        leaves = [k for k, v in _walk(node, head) if not isinstance(v, dict | list)] if isinstance(node, dict) else []
+        problem = unknown_top_level_key(leaves[0] if len(leaves) == 1 else head)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def _check_missing(raw: dict[str, Any]) -> list[str]:
     problems = []
     for key, value in _walk(raw):
@@ -498,7 +573,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     """
     raw = _raw(cfg)
-    problems = _check_missing(raw)
+    problems = _check_top_level(raw) + _check_missing(raw)
     valid: dict[str, float] = {}
     for knob in KNOBS:
         knob_problems, value = _check_knob(cfg, knob)

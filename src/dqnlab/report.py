@@ -1,0 +1,104 @@
+"""What a run tells its user: one line on what it trains, a hint when a CPU is in for a day, and a summary.
+
+The same lines go to the terminal and to ``train.log`` (Hydra's log handlers).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+# Summary keys that count things: integers in summary.json and in the printed summary.
+COUNT_KEYS = ("env_steps", "gradient_steps", "episodes", "seed", "eval/episodes", "eval/best_env_steps")
+
+# From this many env steps on, an image-based run on a CPU is a job of many hours (Atari's 10M: about a day).
+LONG_IMAGE_RUN_ENV_STEPS = 1_000_000
+
+
+def as_counts(summary: dict[str, float]) -> dict[str, Any]:
+    """``summary`` with its counters as ``int`` (``30000``, not ``30000.0``)."""
+    return {k: int(v) if k in COUNT_KEYS and float(v).is_integer() else v for k, v in summary.items()}
+
+
+def _env_name(cfg: DictConfig) -> str:
+    env = cfg.env
+    name = env.get("game") or env.get("id") or "env"
+    return f"{name} x{env.num_envs} envs" if int(env.get("num_envs", 1)) > 1 else str(name)
+
+
+def _algo_name(cfg: DictConfig) -> str:
+    algo = cfg.algo
+    parts = ["C51" if "num_atoms" in algo else "DQN"]
+    parts += [s for s, on in (("double", algo.get("double")), ("dueling", cfg.network.get("dueling"))) if on]
+    parts += ["noisy"] if cfg.network.get("noisy") else []
+    parts += [f"{algo.n_step}-step"] if int(algo.get("n_step", 1)) > 1 else []
+    parts += ["prioritized replay"] if "alpha" in cfg.buffer else []
+    target = "polyak target" if float(cfg.target.get("tau", 1.0)) < 1.0 else f"target copy/{cfg.target.interval}"
+    return f"{' '.join(parts)} ({algo.loss}, {target})"
+
+
+def describe_run(cfg: DictConfig, device: str) -> str:
+    """One line: algorithm, env, network, optimizer, budget, seed, device and run dir."""
+    net = cfg.network.get("_target_", "").rsplit(".", 1)[-1]
+    hidden = cfg.network.get("hidden_sizes")
+    net += f" {'-'.join(map(str, hidden))}" if hidden else ""
+    opt = cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1]
+    return (
+        f"dqnlab: {_algo_name(cfg)} on {_env_name(cfg)}, {net} net, {opt} lr {cfg.optimizer.lr:g}; "
+        f"{int(cfg.env_steps):,} env steps, seed {cfg.seed}, {device}; run dir {cfg.paths.output_dir}"
+    )
+
+
+def cpu_hint(cfg: DictConfig, obs_shape: tuple[int, ...], device: str) -> str | None:
+    """A word before a long image-based run on a CPU (Atari's 10M env steps take about a day there)."""
+    if device != "cpu" or len(obs_shape) < 3 or int(cfg.env_steps) < LONG_IMAGE_RUN_ENV_STEPS:
+        return None
+    return (
+        f"{int(cfg.env_steps):,} env steps of an image-based env on a CPU take many hours (Atari runs are made "
+        "for a GPU: trainer=gpu); the bar's ETA says how many. To check the whole pipeline on a CPU in seconds, add "
+        "debug=smoke; for learning on a CPU, use a classic-control or Box2D env (env=cartpole, env=lunarlander)"
+    )
+
+
+def _cmd(*args: str) -> str:
+    return " ".join(["python", *map(shlex.quote, args)])
+
+
+def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | None) -> str:
+    """The end of a run, for people: the score, the budget, the time, the run dir and what to do next."""
+    lines = []
+    if "eval/return_mean" in summary:
+        std = summary.get("eval/return_std", 0.0)
+        episodes = int(summary.get("eval/episodes", 0))
+        lines.append(f"result: eval return {summary['eval/return_mean']:.2f} +- {std:.2f} over {episodes} episodes")
+    if "eval/best_return_mean" in summary and summary.get("eval/best_env_steps") != summary.get("env_steps"):
+        lines.append(
+            f"        the network kept is the one of env step {int(summary['eval/best_env_steps']):,} (eval.keep_best;"
+            f" the last one scored {summary['eval/last_return_mean']:.2f})"
+        )
+    lines.append(
+        f"trained: {int(summary['env_steps']):,} env steps, {int(summary['gradient_steps']):,} updates, "
+        f"{int(summary['episodes']):,} episodes in {summary['wall_time_s']:.1f} s "
+        f"({summary['env_steps_per_s']:,.0f} env steps/s)"
+    )
+    lines.append(f"run dir: {out_dir}  (summary.json, metrics.csv, train.log, .hydra/)")
+    if last_ckpt is not None and last_ckpt.is_file():
+        ckpt = str(last_ckpt)
+        lines += [
+            "next:    " + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true") + "   # play it, film it",
+            "         "
+            + _cmd("train.py", f"ckpt_path={ckpt}", f"env_steps={2 * int(summary['env_steps'])}")
+            + "   # train it further (with the same overrides)",
+            "         " + _cmd("scripts/plot.py", str(out_dir)) + "   # learning curve",
+        ]
+    return "\n".join(lines)
+
+
+def log_file_traceback(logger: Any, exc: BaseException) -> None:
+    """Write ``exc``'s traceback to the run's log files only (the terminal gets Hydra's own report)."""
+    logger.error("the run failed", exc_info=(type(exc), exc, exc.__traceback__))
+    sys.stderr.flush()
