@@ -284,3 +284,75 @@ def test_graphed_update_without_capture_calls_the_body_every_time():
     for i in range(5):
         runner(i)  # type: ignore[arg-type]
     assert calls == list(range(5)) and not runner.captured
+
+
+# ---------------------------------------------------------------------------------------------- the recorded update's check
+def test_mismatch_is_none_within_tolerance_and_names_what_differs():
+    from dqnlab.graphs import mismatch
+
+    a = [torch.ones(3), torch.zeros(2, 2)]
+    assert mismatch(a, [torch.ones(3) + 1e-7, torch.zeros(2, 2)]) is None
+    assert "tensor 1 of shape (2, 2) differs by up to 0.5" in mismatch(a, [torch.ones(3), torch.full((2, 2), 0.5)])
+    assert "shape" in mismatch(a, [torch.ones(3), torch.zeros(4)])
+    assert mismatch([torch.tensor([float("nan")])], [torch.tensor([1.0])]) is not None
+
+
+def _sgd_runner(capture: bool):
+    """A real update (linear layer, SGD) as GraphedUpdate runs it, with its state for the check."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def body(batch):
+        opt.zero_grad()
+        loss = net(batch[0]).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return (loss.detach(),)
+
+    return net, GraphedUpdate(body, capture=capture, state=lambda: [p.data for p in net.parameters()])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only torch cannot record: that is the failure tested")
+def test_an_update_that_cannot_be_recorded_warns_once_and_runs_eagerly(caplog):
+    batches = [(torch.randn(8, 4, generator=torch.Generator().manual_seed(i)),) for i in range(6)]
+    eager_net, eager = _sgd_runner(capture=False)
+    net, runner = _sgd_runner(capture=True)  # asks for a CUDA graph where there is none: a real capture error
+    for batch in batches:
+        assert torch.equal(runner(batch)[0], eager(batch)[0])  # every update runs, once, as the eager one does
+    for p, q in zip(net.parameters(), eager_net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "algo.cuda_graph=false" in warnings[0] and "runs eagerly" in warnings[0]
+    assert runner.path == "eager" and runner.fallback_reason
+
+
+def test_the_summary_records_which_update_ran(make_cfg):
+    summary = run(make_cfg("debug=smoke"))
+    assert summary["update_path"] == ("cuda_graph" if torch.cuda.is_available() else "eager")
+
+
+@cuda
+def test_the_first_recorded_update_matches_the_eager_one_and_is_kept(caplog):
+    net, runner = _sgd_runner(capture=True)
+    net.cuda()
+    for i in range(6):
+        runner((torch.randn(8, 4, device="cuda", generator=torch.Generator("cuda").manual_seed(i)),))
+    assert runner.path == "cuda_graph" and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@cuda
+def test_a_recorded_update_that_differs_from_the_eager_one_falls_back(caplog):
+    calls = {"n": 0}
+    weight = torch.zeros(1, device="cuda")
+
+    def body(batch):  # reads a Python number: a replay keeps the recorded one, an eager call does not
+        calls["n"] += 1
+        weight.add_(calls["n"])
+        return (weight.clone(),)
+
+    runner = GraphedUpdate(body, capture=True, state=lambda: [weight])
+    for _ in range(6):
+        runner((torch.zeros(1, device="cuda"),))
+    assert runner.path == "eager" and "did not match the eager update" in runner.fallback_reason
+    assert any("algo.cuda_graph=false" in r.getMessage() for r in caplog.records)

@@ -23,7 +23,8 @@ a host-side branch) cannot be recorded; the caller keeps those outside.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +32,36 @@ from torch import Tensor
 
 from dqnlab.replay import Batch, ReplayBuffer
 
+log = logging.getLogger(__name__)
+
 WARMUP_CALLS = 3  # eager calls before a capture (PyTorch's CUDA-graph notes warm up for a few iterations)
+# The recorded update against the eager one on the same batch and parameters: the same kernels, so only
+# float reassociation differs (cuBLAS may pick other algorithms inside a capture).
+CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
+
+
+def mismatch(
+    recorded: Sequence[Tensor], eager: Sequence[Tensor], rtol: float = CHECK_RTOL, atol: float = CHECK_ATOL
+) -> str | None:
+    """``None`` when every recorded tensor equals its eager counterpart within tolerance, else what differs."""
+    if len(recorded) != len(eager):
+        return f"{len(recorded)} recorded tensors against {len(eager)} eager ones"
+    for i, (a, b) in enumerate(zip(recorded, eager, strict=True)):
+        if a.shape != b.shape:
+            return f"tensor {i}: shape {tuple(a.shape)} recorded, {tuple(b.shape)} eager"
+        if not torch.allclose(a.float(), b.float(), rtol=rtol, atol=atol, equal_nan=True):
+            diff = (a.float() - b.float()).abs().nan_to_num(float("inf")).max().item()
+            return f"tensor {i} of shape {tuple(a.shape)} differs by up to {diff:.3g}"
+    return None
+
+
+def warn_eager_fallback(what: str, reason: str) -> None:
+    """One warning: the recorded path is off for this run, why, and the switch that skips the attempt."""
+    log.warning(
+        "the %s runs eagerly: its CUDA graph %s. Training goes on, slower; algo.cuda_graph=false skips the attempt",
+        what,
+        reason,
+    )
 
 
 def graphs_available(device: torch.device) -> bool:
@@ -71,10 +101,16 @@ class GraphedSampler:
             self.graph.replay()
             return self.static  # type: ignore[return-value]
         if self.capture and self.calls > self.warmup:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static = self.buffer.draw(self.batch_size, None)
-            self.graph.replay()
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static = self.buffer.draw(self.batch_size, None)
+                graph.replay()
+            except Exception as e:  # a capture error: draw eagerly from now on
+                self.capture = False
+                warn_eager_fallback("replay draw", f"could not be recorded ({type(e).__name__}: {e})")
+                return self.buffer.draw(self.batch_size, None)
+            self.graph, self.static = graph, static
             return self.static
         return self.buffer.draw(self.batch_size, None)
 
@@ -86,22 +122,42 @@ class GraphedUpdate:
     calls. When a call's batch is not the recorded one (prioritized replay samples a fresh batch), it is first
     copied into the recorded batch's tensors with one fused copy.
 
+    The first recorded update is checked: its replay against ``body`` run eagerly on the same batch from the
+    same state (``state``: every tensor ``body`` changes). On a mismatch, or on any error while warming up or
+    recording, the run logs one warning naming ``algo.cuda_graph=false`` and goes on eagerly from the state
+    before that update, so no update is lost or applied twice; :attr:`path` says which one ran.
+
     Args:
         body: The update; returns a tuple of tensors (e.g. per-sample TD errors), refilled by each replay.
         capture: Record a CUDA graph after the warm-up; ``False`` runs ``body`` eagerly every time (CPU).
         warmup: Eager calls before the capture. They run on a side stream, as CUDA-graph capture requires of
             warm-up work, and are real updates.
+        state: The tensors ``body`` changes (parameters, optimizer state, counters), for the check; ``None``
+            records without checking.
 
     """
 
-    def __init__(self, body: Callable[[Batch], tuple[Tensor, ...]], capture: bool, warmup: int = WARMUP_CALLS) -> None:
+    def __init__(
+        self,
+        body: Callable[[Batch], tuple[Tensor, ...]],
+        capture: bool,
+        warmup: int = WARMUP_CALLS,
+        state: Callable[[], list[Tensor]] | None = None,
+    ) -> None:
         self.body = body
         self.capture = bool(capture)
         self.warmup = int(warmup)
+        self.state = state
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_batch: Batch | None = None
         self.static_out: tuple[Tensor, ...] = ()
+        self.fallback_reason: str | None = None  # why the recorded update was given up, if it was
+
+    @property
+    def path(self) -> str:
+        """``cuda_graph`` once the update is a checked recorded graph, else ``eager``."""
+        return "cuda_graph" if self.graph is not None else "eager"
 
     @property
     def captured(self) -> bool:
@@ -121,22 +177,54 @@ class GraphedUpdate:
         if not self.capture:
             return self.body(batch)
         if self.calls <= self.warmup:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
+            try:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+            except Exception as e:  # no usable CUDA stream: nothing ran yet, this update runs eagerly
+                return self._fall_back(batch, None, f"could not be recorded ({type(e).__name__}: {e})")
             with torch.cuda.stream(side):
                 out = self.body(batch)
             torch.cuda.current_stream().wait_stream(side)
             return out
-        # The recorded batch: the graphed sampler's static tensors (no copy per step), or the first batch of a
-        # sampler that makes new tensors each step, which later batches are copied into.
-        if not all(t.device.type == "cuda" for t in batch):
-            raise RuntimeError("a CUDA-graph update needs its batch on the GPU: set buffer.device=auto or cuda")
-        self.static_batch = batch
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = self.body(self.static_batch)
-        self.graph.replay()
-        return self.static_out
+        return self._record(batch)
+
+    def _record(self, batch: Batch) -> tuple[Tensor, ...]:
+        """Record the update, replay it once, and check it against the eager update from the same state."""
+        before = [t.clone() for t in self.state()] if self.state is not None else None
+        try:
+            # The recorded batch: the graphed sampler's static tensors (no copy per step), or the first batch of
+            # a sampler that makes new tensors each step, which later batches are copied into.
+            if not all(t.device.type == "cuda" for t in batch):
+                raise RuntimeError("a CUDA-graph update needs its batch on the GPU: set buffer.device=auto or cuda")
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.body(batch)
+            graph.replay()
+        except Exception as e:
+            return self._fall_back(batch, before, f"could not be recorded ({type(e).__name__}: {e})")
+        if before is None or self.state is None:
+            self.graph, self.static_batch, self.static_out = graph, batch, static_out
+            return static_out
+        recorded = [t.clone() for t in (*static_out, *self.state())]
+        torch._foreach_copy_(self.state(), before)  # the same update again, eagerly, from the same state
+        eager_out = self.body(batch)
+        problem = mismatch(recorded, [*eager_out, *self.state()])
+        if problem is not None:
+            self.capture = False
+            self.fallback_reason = f"did not match the eager update ({problem})"
+            warn_eager_fallback("update", self.fallback_reason)
+            return eager_out  # the eager update stands: it is what the rest of the run does
+        self.graph, self.static_batch, self.static_out = graph, batch, static_out
+        torch._foreach_copy_(list(static_out), list(eager_out))
+        return static_out
+
+    def _fall_back(self, batch: Batch, before: list[Tensor] | None, reason: str) -> tuple[Tensor, ...]:
+        """Give up recording: undo what a failed attempt changed, warn once, run this update eagerly."""
+        self.capture, self.graph, self.fallback_reason = False, None, reason
+        if before is not None and self.state is not None:
+            torch._foreach_copy_(self.state(), before)
+        warn_eager_fallback("update", reason)
+        return self.body(batch)
 
 
 class ClosureOnlyOptimizer(torch.optim.Optimizer):

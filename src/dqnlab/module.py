@@ -391,7 +391,10 @@ class DQNModule(pl.LightningModule):
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         step = FusedAdamStep(opt)  # torch's fused Adam kernel without optimizer.step()'s Python (same numbers)
-        self._runner = GraphedUpdate(partial(self._update, optimizer=opt, step=step), capture=graphed)
+        # The first recorded update is checked against the eager one (dqnlab.graphs); noisy nets draw new noise
+        # inside it, which a replay and an eager call draw differently, so only their recording is checked.
+        state = None if self.noisy else partial(self._update_state, opt)
+        self._runner = GraphedUpdate(partial(self._update, optimizer=opt, step=step), capture=graphed, state=state)
         wrapped = ClosureOnlyOptimizer(opt)
         if self.lr_end_factor == 1.0:
             return wrapped
@@ -399,6 +402,17 @@ class DQNModule(pl.LightningModule):
             wrapped, start_factor=1.0, end_factor=self.lr_end_factor, total_iters=max(self.trainer.max_steps, 1)
         )
         return {"optimizer": wrapped, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _update_state(self, optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        """Every tensor one update changes: parameters, optimizer state, metric sums and step counters."""
+        opt_state = [t for st in optimizer.state.values() for t in st.values() if isinstance(t, Tensor)]
+        counters = [self._metric_sums, self._step_t, self._nonfinite_count, self._nonfinite_first]
+        return [*(p.data for p in self._online_params), *opt_state, *counters]
+
+    @property
+    def update_path(self) -> str:
+        """Which update ran: ``cuda_graph`` (recorded and checked) or ``eager`` (``summary.json``'s ``update_path``)."""
+        return self._runner.path if self._runner is not None else "eager"
 
     def train_dataloader(self) -> DataLoader:
         """Minibatches sampled from the replay buffer, on its device, in this process."""

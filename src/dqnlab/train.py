@@ -271,7 +271,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         finish_wandb(failed)  # one W&B run per job, also when a multirun runs its jobs in one process
 
     collector = parts.collector
-    summary: dict[str, float] = {
+    summary: dict[str, Any] = {
         **parts.evaluator.final,
         "env_steps": float(collector.env_steps),
         "gradient_steps": float(parts.trainer.global_step),
@@ -280,6 +280,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # This process's own env steps over its own fit time (a resume took the earlier ones in another).
         "env_steps_per_s": (collector.env_steps - collector.fit_start_env_steps) / max(fit_s, 1e-9),
         "seed": float(cfg.seed),
+        "update_path": parts.module.update_path,  # cuda_graph, or eager (the CPU, or a failed recording)
     }
     summary = as_counts(summary)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
