@@ -286,7 +286,7 @@ def test_graphed_update_without_capture_calls_the_body_every_time():
     assert calls == list(range(5)) and not runner.captured
 
 
-# ---------------------------------------------------------------------------------------------- the recorded update's check
+# ---------------------------------------------------------------------------------- the recorded update's check
 def test_mismatch_is_none_within_tolerance_and_names_what_differs():
     from dqnlab.graphs import mismatch
 

@@ -301,7 +301,9 @@ def test_progress_without_a_terminal_is_plain_lines_in_the_log(make_cfg, caplog)
     run(make_cfg("debug=smoke"))  # progress_bar=true: debug=smoke keeps the bar a user has
     lines = [r.getMessage() for r in caplog.records if r.name == "dqnlab.progress"]
     assert lines[0].startswith("100/100 random env steps (prefill)")
-    assert re.match(r"400/400 env steps  \d+:\d\d eta \d+:\d\d  train return \d+\.\d  eps 0\.\d{3}  [\d,]+ steps/s", lines[-1])
+    assert re.match(
+        r"400/400 env steps  \d+:\d\d eta \d+:\d\d  train return \d+\.\d  eps 0\.\d{3}  [\d,]+ steps/s", lines[-1]
+    )
 
 
 def test_progress_line_keeps_the_count_the_time_and_the_eta_at_80_columns():
