@@ -167,4 +167,24 @@ def test_a_finished_run_ends_with_a_readable_summary(tmp_path: Path) -> None:
     assert re.search(r"result: eval return -?\d+\.\d\d \+- \d+\.\d\d over 20 episodes", text)
     assert re.search(r"trained: 4,000 env steps, [\d,]+ updates", text)
     assert f"run dir: {run_dir}" in text and "scripts/evaluate.py" in text and "ckpt_path=" in text
-    assert "Traceback" not in text and "srun" not in text
+    assert "Traceback" not in text and "`srun` command" not in text
+
+
+def test_no_srun_advice_where_slurm_is_installed(tmp_path: Path) -> None:
+    # Lightning warns wherever an executable named `srun` is on PATH (every cluster login node); dqnlab goes to
+    # SLURM through Hydra's launcher, so that advice is noise. An `srun` on PATH is all Lightning looks for.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [PYTHON, "train.py", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "`srun` command" not in proc.stdout + proc.stderr and "Warning" not in proc.stderr
