@@ -389,3 +389,20 @@ def test_config_error_found_behind_hydra_instantiate():
             raise RuntimeError("cleanup failed") from None
     except RuntimeError as other:
         assert find_user_error(other) is None
+
+
+def test_an_unexpected_error_leaves_its_traceback_in_train_log(tmp_path):
+    import logging
+
+    from dqnlab.errors import exit_on_config_error
+
+    handler = logging.FileHandler(tmp_path / "train.log")  # what Hydra's job logging attaches to the root logger
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(RuntimeError, match="a bug"), exit_on_config_error():
+            raise RuntimeError("a bug")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    log = (tmp_path / "train.log").read_text()
+    assert "the run failed" in log and "Traceback (most recent call last)" in log and "RuntimeError: a bug" in log
