@@ -7,6 +7,8 @@ the replay buffer relies on that mode (see :mod:`dqnlab.replay`).
 from __future__ import annotations
 
 import difflib
+import importlib.util
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -15,21 +17,53 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from omegaconf import DictConfig, open_dict
 
-from dqnlab.errors import ConfigError
+from dqnlab.errors import ConfigError, MissingExtraError
 
 
 class EnvConfigError(ConfigError):
     """The env configuration cannot work; the message names the fix."""
 
 
+# Gymnasium envs whose dependencies come with a dqnlab extra: entry-point module prefix -> extra.
+_EXTRAS = {"gymnasium.envs.box2d": ("Box2D", "box2d")}
+# What a user can type instead of an unknown id: the env presets (conf/env/ of a source checkout).
+_CONF_ENV = Path(__file__).resolve().parents[2] / "conf" / "env"
+
+
 def _check_id(env_id: str) -> None:
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if close:
+        hint = f" Did you mean {', '.join(close)}?"
+    else:
+        presets = sorted(p.stem for p in _CONF_ENV.glob("*.yaml")) if _CONF_ENV.is_dir() else []
+        hint = " List the registered ids with `python -c 'import gymnasium; gymnasium.pprint_registry()'`" + (
+            f", or use a dqnlab env preset, env=<name> with <name> in: {', '.join(presets)}." if presets else "."
+        )
     if env_id.startswith("ALE/") or "NoFrameskip" in env_id:  # ALE ids exist only once ale_py registers them
         hint = " Atari games run through env=atari with the DQN preprocessing: env=atari env.game=<game>."
     raise EnvConfigError(f"gymnasium does not know env.id={env_id!r}.{hint}")
+
+
+def _check_extra(env_id: str) -> None:
+    """Raise :class:`MissingExtraError` naming the dqnlab extra if ``env_id`` needs a package that is missing.
+
+    Checked before ``gym.make``: gymnasium's own message asks for ``gymnasium[box2d]`` (and swig), while
+    dqnlab pins the dependency in its extra.
+    """
+    entry = gym.registry[env_id].entry_point
+    module = entry.split(":", 1)[0] if isinstance(entry, str) else getattr(entry, "__module__", "")
+    for prefix, (package, extra) in _EXTRAS.items():
+        if module.startswith(prefix) and not _importable(package):
+            raise MissingExtraError(f"env.id={env_id} needs {package}: pip install 'dqnlab[{extra}]'")
+
+
+def _importable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken parent package
+        return False
 
 
 def make_vector_env(
@@ -50,8 +84,13 @@ def make_vector_env(
         kwargs: Extra keyword arguments for ``gym.make``.
         for_eval: Build the evaluation variant (identical for plain gymnasium envs).
 
+    Raises:
+        EnvConfigError: Unknown id, or an action space DQN cannot use.
+        MissingExtraError: The env needs an optional dependency (Box2D: ``pip install 'dqnlab[box2d]'``).
+
     """
     _check_id(id)
+    _check_extra(id)
     make_kwargs = dict(kwargs or {})
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = max_episode_steps

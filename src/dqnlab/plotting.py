@@ -3,7 +3,8 @@
 A run dir is what ``python train.py`` leaves: ``metrics.csv`` (CSV logger, ``step`` = env steps),
 ``summary.json`` and ``.hydra/overrides.yaml``. Runs are grouped by their overrides without ``seed`` (and
 without the overrides that only move files), so a sweep ``-m seed=0,1,2 optimizer.lr=1e-4,3e-4`` gives two
-groups of three seeds: one line each, the mean over seeds with a band of one standard deviation.
+groups of three seeds: one line each, the mean over seeds with a band of one standard deviation, or the IQM
+over seeds with its 95% bootstrap confidence band (``center="iqm"``; the statistics are :mod:`dqnlab.stats`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from dqnlab import stats
+
 # Overrides that do not change what is trained: never a reason to put two runs in different groups.
 _NOT_GROUPING = ("seed", "hydra.", "paths.", "ckpt_path", "progress_bar", "torch_threads", "logger")
 
@@ -31,6 +34,7 @@ class Run:
         overrides: Its command-line overrides (``.hydra/overrides.yaml``).
         summary: ``summary.json`` (empty if the run did not finish).
         curves: Metric name -> ``(env_steps, values)`` arrays from ``metrics.csv``.
+        env_id: The gymnasium id (or Atari game) the run trained on, from ``.hydra/config.yaml`` (None if absent).
 
     """
 
@@ -38,6 +42,7 @@ class Run:
     overrides: list[str]
     summary: dict[str, float]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    env_id: str | None = None
 
     @property
     def group(self) -> tuple[str, ...]:
@@ -73,7 +78,16 @@ def load_run(path: Path) -> Run:
                     xs.append(step)
                     ys.append(float(value))
     curves = {k: (np.asarray(xs), np.asarray(ys)) for k, (xs, ys) in columns.items()}
-    return Run(path, overrides, summary, curves)
+    return Run(path, overrides, summary, curves, _env_id(path))
+
+
+def _env_id(path: Path) -> str | None:
+    config_file = path / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        return None
+    env = OmegaConf.load(config_file).get("env") or {}
+    value = env.get("id") or env.get("game")  # plain values: no interpolation is resolved
+    return str(value) if value else None
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, ...], list[Run]]:
@@ -90,10 +104,11 @@ def group_labels(groups: dict[tuple[str, ...], list[Run]]) -> dict[tuple[str, ..
     return {g: ", ".join(o for o in g if o not in shared) or ", ".join(g) or "defaults" for g in groups}
 
 
-def mean_curve(runs: list[Run], metric: str, points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Mean and standard deviation over runs of ``metric`` on a common env-step grid (linear interpolation).
+def aligned_curves(runs: list[Run], metric: str, points: int = 200) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(grid, values)``: each run's ``metric`` on a common env-step grid (linear interpolation), ``values`` of
+    shape ``(runs, points)``.
 
-    The grid spans the env steps all runs cover, so a run that stopped early does not bend the mean.
+    The grid spans the env steps all runs cover, so a run that stopped early does not bend the curve.
     """
     curves = [r.curves[metric] for r in runs if metric in r.curves and len(r.curves[metric][0])]
     if not curves:
@@ -101,15 +116,48 @@ def mean_curve(runs: list[Run], metric: str, points: int = 200) -> tuple[np.ndar
     lo = max(float(xs[0]) for xs, _ in curves)
     hi = min(float(xs[-1]) for xs, _ in curves)
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    values = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+    return grid, np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
+
+
+def mean_curve(runs: list[Run], metric: str, points: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and standard deviation over runs of ``metric`` on a common env-step grid (see :func:`aligned_curves`)."""
+    aligned = aligned_curves(runs, metric, points)
+    if aligned is None:
+        return None
+    grid, values = aligned
     return grid, values.mean(axis=0), values.std(axis=0)
 
 
-def plot_learning_curves(runs: list[Run], metric: str = "rollout/episode_return", title: str | None = None) -> Any:
-    """A matplotlib figure: one line per group (mean over seeds) with a shaded band of one standard deviation.
+def return_range(runs: list[Run]) -> tuple[float | None, float | None]:
+    """The episode-return bounds of the runs' env (``stats.ENV_SCORES``), or ``(None, None)`` if unknown or mixed."""
+    ids = {r.env_id for r in runs}
+    scores = stats.ENV_SCORES.get(ids.pop()) if len(ids) == 1 else None
+    return (scores.low, scores.high) if scores else (None, None)
+
+
+BANDS = {"mean": "band: +- 1 std over seeds", "iqm": "band: 95% bootstrap CI of the IQM (seeds resampled)"}
+
+
+def plot_learning_curves(
+    runs: list[Run],
+    metric: str = "rollout/episode_return",
+    title: str | None = None,
+    center: str = "mean",
+    seed: int = 0,
+) -> Any:
+    """A matplotlib figure: one line per group over its seeds, with a shaded band that the title explains.
+
+    Args:
+        runs: The runs; grouped by :func:`group_runs`.
+        metric: ``metrics.csv`` column against env steps.
+        title: First title line (default: the metric); the second line says what the line and band are.
+        center: ``"mean"`` (band: +- one standard deviation) or ``"iqm"`` (band: 95% percentile bootstrap CI
+            over seeds, :func:`dqnlab.stats.curve_band`).
+        seed: Seed of the bootstrap.
 
     Returns:
-        The ``matplotlib.figure.Figure``; its single axes holds one ``Line2D`` and one band per group.
+        The ``matplotlib.figure.Figure``; its single axes holds one ``Line2D`` and one band per group. A band
+        of a return metric is clipped to the env's return range where it is known (CartPole: 0 to 500).
 
     """
     import matplotlib
@@ -117,19 +165,32 @@ def plot_learning_curves(runs: list[Run], metric: str = "rollout/episode_return"
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
 
+    if center not in BANDS:
+        raise ValueError(f"center={center!r}: choose one of {sorted(BANDS)}")
     groups = group_runs(runs)
     labels = group_labels(groups)
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for group, members in groups.items():
-        curve = mean_curve(members, metric)
-        if curve is None:
+        aligned = aligned_curves(members, metric)
+        if aligned is None:
             continue
-        x, mean, std = curve
-        (line,) = ax.plot(x, mean, label=f"{labels[group]} (n={len(members)})")
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+        x, values = aligned
+        if center == "iqm":
+            line_y, low, high = stats.curve_band(values, seed=seed)
+        else:
+            line_y, spread = values.mean(axis=0), values.std(axis=0)
+            low, high = line_y - spread, line_y + spread
+        if "return" in metric:  # a band past the possible returns (e.g. above CartPole's 500) misleads
+            lo_bound, hi_bound = return_range(members)
+            low, high = np.clip(low, lo_bound, hi_bound), np.clip(high, lo_bound, hi_bound)
+        (line,) = ax.plot(x, line_y, label=f"{labels[group]} (n={len(members)})")
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("env steps")
     ax.set_ylabel(metric)
-    ax.set_title(title or metric)
+    ax.set_title(
+        f"{title or metric}\nline: {'IQM' if center == 'iqm' else 'mean'} over seeds; {BANDS[center]}",
+        fontsize="medium",
+    )
     ax.grid(alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small")

@@ -6,7 +6,6 @@ The same lines go to the terminal and to ``train.log`` (Hydra's log handlers).
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +95,3 @@ def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | Non
             "         " + _cmd("scripts/plot.py", str(out_dir)) + "   # learning curve",
         ]
     return "\n".join(lines)
-
-
-def log_file_traceback(logger: Any, exc: BaseException) -> None:
-    """Write ``exc``'s traceback to the run's log files only (the terminal gets Hydra's own report)."""
-    logger.error("the run failed", exc_info=(type(exc), exc, exc.__traceback__))
-    sys.stderr.flush()

@@ -169,7 +169,7 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
         checkpoint = build_checkpoint(cfg, collector, stop)
         callbacks: list[pl.Callback] = [
             ResumeState(collector, config),
-            StopOnSignal(stop, collector, checkpointing=checkpoint is not None),
+            StopOnSignal(stop, collector, checkpointing=checkpoint is not None and checkpoint.handle_signals),
             *([EnvStepProgressBar(collector)] if cfg.get("progress_bar", True) else []),
             collector,
             guard,
