@@ -52,7 +52,10 @@ class Interrupted(SystemExit):
                 "update): nothing was saved; run the same command again to start over"
             )
         if self.checkpoint is None:
-            return f"stopped by {name} at env step {self.env_steps}: no checkpoint saved (checkpoints or their signal handling are off)"
+            return (
+                f"stopped by {name} at env step {self.env_steps}: no checkpoint saved "
+                "(checkpoints or checkpoint.handle_signals are off)"
+            )
         return (
             f"stopped by {name} at env step {self.env_steps}: saved {self.checkpoint}; "
             f"resume with `python train.py ckpt_path={self.checkpoint}` and the same overrides"
