@@ -41,8 +41,12 @@ KEYS = {
 
 
 def parse_args(argv: list[str]) -> tuple[Path, dict]:
+    # The docstring's first two paragraphs describe the script, the rest lists the keys: each printed once.
+    paragraphs = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+        description="\n\n".join(paragraphs[:2]),
+        epilog="\n\n".join(paragraphs[2:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by a dqnlab run")
     parser.add_argument("overrides", nargs="*", help="key=value settings (see below)")
