@@ -166,7 +166,8 @@ KILLED = [
     "progress_bar=false",
 ]
 LOG_EVERY, LEARNING_STARTS, ENV_STEPS = 100, 200, 3500
-CHECKPOINTS = [f"env_steps_{n}.ckpt" for n in range(700, ENV_STEPS, 500)] + ["last.ckpt"]
+# At each multiple of checkpoint.every env steps but the last (last.ckpt is written there).
+CHECKPOINTS = [f"env_steps_{n}.ckpt" for n in range(500, ENV_STEPS, 500)] + ["last.ckpt"]
 
 
 def _untimed(row: dict[str, str]) -> dict[str, str]:

@@ -338,7 +338,9 @@ class DQNCheckpoint(ModelCheckpoint):
         """
         super().on_train_batch_end(trainer, pl_module, *args)  # Lightning's periodic saving is off (env steps here)
         c = self.collector
-        due = self.every_env_steps and c.env_steps >= self._next_save
+        # Not at the last gradient step: on_train_end writes last.ckpt then, after the final evaluation (one
+        # write of a buffer that may be gigabytes, not two).
+        due = self.every_env_steps and c.env_steps >= self._next_save and trainer.global_step < trainer.max_steps
         if due and c.updates_caught_up(trainer.global_step) and not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
