@@ -131,7 +131,7 @@ def test_ctrl_c_during_the_random_prefill_stops_cleanly_with_nothing_to_save(tmp
 def test_a_second_ctrl_c_stops_at_once_and_says_what_is_on_disk(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # A big replay makes the checkpoint write long enough for the second Ctrl-C to land in it (or just after).
-    args = ["collector.learning_starts=400_000", "env_steps=1_000_000", "buffer.capacity=1_000_000"]
+    args = ["collector.learning_starts=50_000", "env_steps=1_000_000", "buffer.capacity=1_000_000"]
     term = Terminal([*args, f"hydra.run.dir={run_dir}"])
     term.wait_for(r"/1,000,000 env steps")
     term.type(CTRL_C)
