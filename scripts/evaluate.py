@@ -1,8 +1,11 @@
-"""Score a saved agent: ``python scripts/evaluate.py <checkpoint> [episodes=N] [video=true] [key=value ...]``.
+"""Score a saved agent: ``python scripts/evaluate.py <.ckpt or agent file> [episodes=N] [video=true] [key=value ...]``.
 
 Rebuilds the env and the Q-network from the config stored in the checkpoint (or the run dir's
-``.hydra/config.yaml``), plays greedy episodes on a fresh evaluation env and prints ONE line of JSON on stdout:
-``{"episodes": N, "return_mean": ..., "return_std": ..., ...}``; everything else goes to stderr.
+``.hydra/config.yaml``) or in an agent file (``scripts/export.py``), plays greedy episodes on a fresh evaluation
+env and prints ONE line of JSON on stdout: ``{"episodes": N, "return_mean": ..., "return_std": ..., ...}``;
+everything else goes to stderr. Nothing from the file runs: checkpoints are read with torch's weights_only=True,
+agent files are safetensors, and only dqnlab's env and network factories are built (others: error, exit 2).
+Resuming (python train.py ckpt_path=...) does run code from the file: resume only from your own runs.
 
 Keys (Hydra-style ``key=value``):
   episodes=10        episodes to score
@@ -48,7 +51,7 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
         epilog="\n\n".join(paragraphs[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by a dqnlab run")
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by a dqnlab run, or an agent file")
     parser.add_argument("overrides", nargs="*", help="key=value settings (see below)")
     args = parser.parse_args(argv)
     settings: dict = {}
@@ -62,16 +65,21 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
         except ValueError:
             parser.error(f"{key}={value!r} is not a valid value")
     if not args.checkpoint.is_file():
-        parser.error(f"{args.checkpoint} is not a file: pass a .ckpt from <run dir>/checkpoints")
+        parser.error(f"{args.checkpoint} is not a file: pass a .ckpt from <run dir>/checkpoints or an agent file")
     return args.checkpoint, settings
 
 
 def main(argv: list[str] | None = None) -> int:
     checkpoint, settings = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
     from dqnlab.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
 
-    agent = load_agent(checkpoint, device=settings.pop("device", "cpu"))
+    try:
+        agent = load_agent(checkpoint, device=settings.pop("device", "cpu"))
+    except ConfigError as err:  # unsafe, malformed or foreign file; an env that cannot be built: one line
+        print_error(err)
+        return EXIT_CONFIG_ERROR
     if settings.get("video") and "video_dir" not in settings:
         run_dir = checkpoint.resolve().parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")
         settings["video_dir"] = run_dir / "videos"

@@ -38,7 +38,7 @@ from dqnlab.collect import EnvStepper
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_open
 from dqnlab.stopping import Interrupted, SignalStop
-from dqnlab.validate import check_checkpoint
+from dqnlab.validate import check_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_open(path) as f:
             torch.save(checkpoint, f)
 
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Read a local checkpoint memory-mapped: a resume copies the replay from the file straight into the
+        buffer already allocated, instead of holding a second buffer's worth of memory first (remote: Lightning).
+        """
+        if get_protocol(str(path)) not in ("file", "local"):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        where = map_location if map_location is not None else (lambda storage, loc: storage)  # Lightning's default
+        try:
+            return torch.load(path, map_location=where, mmap=True, weights_only=bool(weights_only))
+        except RuntimeError:  # mmap needs torch.save's zip format; older files load the plain way
+            return torch.load(path, map_location=where, weights_only=bool(weights_only))
+
 
 # ---------------------------------------------------------------------------------------------- RNG and env state
 def collect_rng_states() -> dict[str, Any]:
-    """The global RNG states of Python, NumPy and torch (CPU, and CUDA when it is in use)."""
+    """The global RNG states of Python, NumPy and torch (CPU, and CUDA when it is in use).
+
+    Tensors and plain types only (NumPy's key array as a tensor), so a checkpoint loads with ``weights_only=True``.
+    """
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, None)
+        "numpy": {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos)},
         "torch": torch.get_rng_state(),
     }
+    states["numpy"].update(has_gauss=int(has_gauss), gauss=float(gauss))
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -93,7 +110,11 @@ def collect_rng_states() -> dict[str, Any]:
 def set_rng_states(states: Mapping[str, Any]) -> None:
     """Restore what :func:`collect_rng_states` returned."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    state = states["numpy"]
+    if isinstance(state, Mapping):
+        key = np.asarray(state["key"]).astype(np.uint32)
+        state = (state["kind"], key, state["pos"], state["has_gauss"], state["gauss"])
+    np.random.set_state(state)  # older checkpoints hold np.random.get_state()'s tuple as it is
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -396,11 +417,11 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
 
 
 def peek_checkpoint(path: str) -> dict[str, Any]:
-    """The small parts of a checkpoint (counters, config) without reading its tensors (memory-mapped)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError:  # mmap needs torch.save's zip format; older files load the plain way
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The small parts of a checkpoint (counters, config) without reading its tensors (memory-mapped).
+
+    Loaded with ``weights_only=True`` (:func:`dqnlab.validate.load_checkpoint`): nothing from the file runs.
+    """
+    ckpt = load_checkpoint(path)
     collector = ckpt.get("callbacks", {}).get(EnvStepper.__qualname__, {})
     return {
         "env_steps": int(collector.get("env_steps", 0)),

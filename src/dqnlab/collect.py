@@ -373,17 +373,18 @@ class EnvStepper(Callback):
     def state_dict(self) -> dict[str, Any]:
         """Counters, exploration RNG, episode bookkeeping and the replay buffer, for an exact resume.
 
-        A vector step in flight is received and stored first: a checkpoint never holds half a step.
+        A vector step in flight is received and stored first: a checkpoint never holds half a step. Arrays are
+        stored as tensors and the RNG state as plain ints, so the checkpoint loads with ``weights_only=True``.
         """
         self.finish_pending_step()
         return {
             "env_steps": self.env_steps,
             "episodes": self.episodes,
-            "rng": self.rng.bit_generator.state,
-            "obs": self._obs,
-            "ep_return": self._ep_return,
-            "ep_length": self._ep_length,
-            "last_done": self._last_done,
+            "rng": self.rng.bit_generator.state,  # PCG64: a dict of str and int
+            "obs": torch.from_numpy(np.array(self._obs)),
+            "ep_return": torch.from_numpy(np.array(self._ep_return)),
+            "ep_length": torch.from_numpy(np.array(self._ep_length)),
+            "last_done": torch.from_numpy(np.array(self._last_done)),
             "recent_returns": list(self.recent_returns),
             "recent_lengths": list(self.recent_lengths),
             "next_log": self._next_log,
@@ -397,10 +398,11 @@ class EnvStepper(Callback):
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.rng.bit_generator.state = state_dict["rng"]
-        self._obs = state_dict["obs"]
-        self._ep_return = np.asarray(state_dict["ep_return"]).copy()
-        self._ep_length = np.asarray(state_dict["ep_length"]).copy()
-        self._last_done = np.asarray(state_dict["last_done"]).copy()
+        # np.array copies tensors (newer checkpoints) and numpy arrays (older ones) alike.
+        self._obs = np.array(state_dict["obs"])
+        self._ep_return = np.array(state_dict["ep_return"])
+        self._ep_length = np.array(state_dict["ep_length"])
+        self._last_done = np.array(state_dict["last_done"])
         self.recent_returns = deque(state_dict["recent_returns"], maxlen=100)
         self.recent_lengths = deque(state_dict["recent_lengths"], maxlen=100)
         self._next_log = int(state_dict["next_log"])

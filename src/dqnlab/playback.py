@@ -1,4 +1,4 @@
-"""Play a saved agent: rebuild env and network from a checkpoint, score greedy episodes, film them.
+"""Play a saved agent: rebuild env and network from a checkpoint or an agent file, score greedy episodes, film them.
 
 ``scripts/evaluate.py`` is the command line of this module.
 """
@@ -16,8 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dqnlab.agent_file import AgentFileError, check_targets, looks_like_agent_file, read_agent_file
 from dqnlab.evaluation import play_episodes
 from dqnlab.networks import build_network
+from dqnlab.rl_math import expected_q
+from dqnlab.validate import load_checkpoint, unsafe_checkpoint_message, unsafe_checkpoint_reason
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,11 @@ class Agent:
     """A trained Q-network with the config of the run that trained it.
 
     Attributes:
-        cfg: The run's resolved config.
+        cfg: The run's resolved config (from an agent file: its env, network, algo, eval and seed parts).
         network: The online Q-network, in eval mode, on ``device``.
         device: Where the network runs.
         env_steps: Env steps the agent was trained for when the checkpoint was written.
+        support: The atoms of a distributional (C51) network's output, ``None`` for plain Q-values.
 
     """
 
@@ -38,11 +42,14 @@ class Agent:
     network: nn.Module
     device: torch.device
     env_steps: int
+    support: torch.Tensor | None = None
 
     def policy(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions for a batch of observations."""
         with torch.no_grad():
-            return self.network(torch.as_tensor(obs, device=self.device)).argmax(dim=1).cpu().numpy()
+            out = self.network(torch.as_tensor(obs, device=self.device))
+            q = out if self.support is None else expected_q(out, self.support)
+            return q.argmax(dim=1).cpu().numpy()
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: Path) -> DictConfig:
@@ -56,36 +63,78 @@ def checkpoint_config(ckpt: dict[str, Any], path: Path) -> DictConfig:
             # Interpolations into Hydra's runtime (${hydra:...}) cannot resolve outside a Hydra job; none are
             # needed to rebuild the env and network.
             return OmegaConf.load(hydra_cfg)
-    raise ValueError(
+    raise AgentFileError(
         f"{path} holds no dqnlab config and no .hydra/config.yaml is next to it: pass a checkpoint written by "
         "a dqnlab run (checkpoints/*.ckpt in its run dir)"
     )
 
 
+def read_checkpoint(path: Path) -> tuple[DictConfig, dict[str, torch.Tensor], int]:
+    """``(config, online network weights, env steps)`` of a dqnlab checkpoint, read with ``weights_only=True``.
+
+    Raises:
+        AgentFileError: The file names objects other than tensors and plain data (nothing of it ran), or is not
+            a readable dqnlab checkpoint.
+
+    """
+    try:
+        ckpt = load_checkpoint(path)  # memory-mapped: the replay buffer in the file is never read
+    except Exception as e:
+        what = unsafe_checkpoint_reason(e)
+        if what is not None:
+            raise AgentFileError(unsafe_checkpoint_message(str(path), f"a Python object ({what})")) from None
+        raise AgentFileError(
+            f"{path} is not a torch checkpoint or agent file, or is truncated or corrupt ({type(e).__name__}): "
+            "pass a .ckpt from <run dir>/checkpoints or a file from scripts/export.py"
+        ) from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(str(k).startswith("q_net.") for k in state):
+        raise AgentFileError(f"{path} is not a checkpoint of a dqnlab DQN (no q_net.* weights)")
+    weights = {k.removeprefix("q_net."): v for k, v in state.items() if k.startswith("q_net.")}
+    collector_state = (ckpt.get("callbacks") or {}).get("EnvStepper", {})
+    return checkpoint_config(ckpt, path), weights, int(collector_state.get("env_steps", 0))
+
+
 def load_agent(path: str | Path, device: str = "cpu") -> Agent:
-    """Rebuild the online Q-network of a checkpoint, with the env config it was trained on.
+    """Rebuild the online Q-network of a checkpoint or an agent file, with the env config it was trained on.
+
+    Nothing from the file runs: checkpoints load with ``weights_only=True``, agent files are safetensors, and
+    only dqnlab's own env and network factories are instantiated (:func:`dqnlab.agent_file.check_targets`).
 
     Args:
-        path: A ``.ckpt`` written by a dqnlab run.
+        path: A ``.ckpt`` written by a dqnlab run, or an agent file from ``scripts/export.py``.
         device: Where the network runs (``cpu``, ``cuda``).
+
+    Raises:
+        AgentFileError: The file cannot be played safely; the message says why.
 
     """
     path = Path(path)
-    # mmap: the replay buffer in the file is never read, only the network weights.
-    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    cfg = checkpoint_config(ckpt, path)
+    if looks_like_agent_file(path):
+        config, weights, env_steps = read_agent_file(path)
+        cfg = OmegaConf.create(config)
+    else:
+        cfg, weights, env_steps = read_checkpoint(path)
+        check_targets(OmegaConf.to_container(cfg, resolve=False), str(path))
     probe = instantiate(cfg.env)(num_envs=1, for_eval=True)
     try:
         obs_shape = probe.single_observation_space.shape
         num_actions = int(probe.single_action_space.n)
     finally:
         probe.close()
-    network = build_network(instantiate(cfg.network), obs_shape, num_actions)
-    weights = {k.removeprefix("q_net."): v for k, v in ckpt["state_dict"].items() if k.startswith("q_net.")}
-    network.load_state_dict(weights)
+    algo = cfg.get("algo") or {}
+    num_atoms = int(algo.get("num_atoms", 1))
+    network = build_network(instantiate(cfg.network), obs_shape, num_actions, num_atoms)
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise AgentFileError(f"{path}: its weights do not fit the network its config describes ({first})") from None
     dev = torch.device(device)
-    collector_state = ckpt.get("callbacks", {}).get("EnvStepper", {})
-    return Agent(cfg, network.to(dev).eval(), dev, int(collector_state.get("env_steps", 0)))
+    support = None
+    if num_atoms > 1:
+        support = torch.linspace(float(algo.get("v_min")), float(algo.get("v_max")), num_atoms, device=dev)
+    return Agent(cfg, network.to(dev).eval(), dev, env_steps, support)
 
 
 def evaluate_agent(

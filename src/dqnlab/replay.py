@@ -41,7 +41,7 @@ tells: an Atari life loss is ``terminated`` for learning, but the game and its f
 
 from __future__ import annotations
 
-import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -51,6 +51,16 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from dqnlab.errors import ConfigError
+from dqnlab.memory import (  # noqa: F401 (memory_limit_bytes, reservations, RESERVATIONS_ENV: re-exported)
+    MEMORY_LIMIT_ENV,
+    RESERVATIONS_ENV,
+    Reservation,
+    available_memory_bytes,
+    memory_for_a_new_buffer,
+    memory_limit_bytes,
+    reservations,
+    reservations_locked,
+)
 from dqnlab.rl_math import NStepReturn, n_step_returns
 
 
@@ -93,24 +103,6 @@ class Batch(NamedTuple):
     weights: Tensor
     indices: Tensor
     discounts: Tensor
-
-
-def available_memory_bytes(device: torch.device) -> int | None:
-    """Free memory on ``device`` (host RAM for CPU), or ``None`` where it cannot be read."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 class BufferTooLargeError(ConfigError, MemoryError):
@@ -177,13 +169,19 @@ class ReplayBuffer:
         frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
 
         need = self.nbytes_for(slots, num_envs, frame_shape, obs_dtype)
-        free = available_memory_bytes(self.device)
-        if free is not None and need > memory_fraction * free:
-            raise BufferTooLargeError(
-                f"the replay buffer needs {need / 2**30:.2f} GiB on {self.device} but only "
-                f"{free / 2**30:.2f} GiB is free: lower buffer.capacity (now {capacity}) "
-                f"or put it elsewhere with buffer.device"
-            )
+        # Checked and reserved under the machine-wide lock: a job starting next sees this buffer's bytes.
+        with reservations_locked() as directory:
+            free, jobs, held = memory_for_a_new_buffer(self.device)
+            if free is not None and need > memory_fraction * free:
+                from dqnlab.validate import buffer_too_large
+
+                raise BufferTooLargeError(
+                    buffer_too_large(need, free, memory_fraction, self.device, capacity, jobs=jobs, held=held)
+                )
+            reservation = Reservation(directory, self.device, need) if directory is not None else None
+        if reservation is not None:
+            # Released when the buffer is freed, at exit, or if the allocation below fails (self is dropped then).
+            weakref.finalize(self, reservation.release)
 
         dev = self.device
         self.obs = torch.zeros((slots, num_envs, *frame_shape), dtype=obs_dtype, device=dev)
@@ -195,6 +193,8 @@ class ReplayBuffer:
         self.first = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
         # FIFO of the flat indices of valid transitions (see the module docstring); counters never wrap.
         self._valid_ring = torch.zeros(self.capacity, dtype=torch.int64, device=dev)
+        if reservation is not None:
+            reservation.allocated()  # zero-filled, every page touched: the device's free memory shows it now
         self._ring_head = 0  # valid transitions ever appended
         self._ring_tail = 0  # valid transitions ever retired
         self._valid_per_slot = np.zeros(slots, dtype=np.int64)  # host copy: how many ring entries each slot owns
@@ -481,9 +481,10 @@ class ReplayBuffer:
             "valid_ring": _leading_rows(self._valid_ring, min(self._ring_head, self.capacity)),
             "ring_head": self._ring_head,
             "ring_tail": self._ring_tail,
-            "valid_per_slot": self._valid_per_slot.copy(),
-            "last_done": self._last_done.copy(),
-            "last_reset": self._last_reset.copy(),
+            # Tensors, not numpy arrays: the checkpoint then loads with weights_only=True.
+            "valid_per_slot": torch.from_numpy(self._valid_per_slot.copy()),
+            "last_done": torch.from_numpy(self._last_done.copy()),
+            "last_reset": torch.from_numpy(self._last_reset.copy()),
             "pos": self.pos,
             "obs_written": self.obs_written,
             "generator": self.generator.get_state(),
@@ -500,9 +501,9 @@ class ReplayBuffer:
             dst[: src.shape[0]].copy_(src)
         self._ring_head = int(state["ring_head"])
         self._ring_tail = int(state["ring_tail"])
-        self._valid_per_slot[:] = state["valid_per_slot"]
-        self._last_done[:] = state["last_done"]
-        self._last_reset[:] = state.get("last_reset", state["last_done"])
+        self._valid_per_slot[:] = np.asarray(state["valid_per_slot"])  # a tensor, or an older file's array
+        self._last_done[:] = np.asarray(state["last_done"])
+        self._last_reset[:] = np.asarray(state.get("last_reset", state["last_done"]))
         self.pos = int(state["pos"])
         self.obs_written = int(state["obs_written"])
         self.generator.set_state(state["generator"])

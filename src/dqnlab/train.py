@@ -257,8 +257,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         carry_over_csv_rows(parts.trainer.loggers, earlier_rows)
         t_fit = time.perf_counter()
-        # Our own checkpoints hold numpy arrays and RNG states: not loadable with torch's weights_only=True
-        # (Lightning >= 2.5 takes the flag; older versions load with torch's default).
+        # A resume reads the training env's state, a pickle of gymnasium envs (ResumeState): not loadable with
+        # torch's weights_only=True, so resume only from your own runs (Lightning >= 2.5 takes the flag).
         takes_flag = "weights_only" in inspect.signature(parts.trainer.fit).parameters
         fit_kwargs = {"weights_only": False} if takes_flag else {}
         parts.trainer.fit(parts.module, ckpt_path=ckpt_path, **fit_kwargs)

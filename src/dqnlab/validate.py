@@ -20,6 +20,7 @@ Problems found together are reported together, in one :class:`~dqnlab.errors.Con
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import math
@@ -419,14 +420,34 @@ def _check_devices(cfg: DictConfig) -> list[str]:
 
 
 def buffer_too_large(
-    need: int, free: int, fraction: float, device: torch.device, capacity: int, at_least: bool = False
+    need: int,
+    free: int,
+    fraction: float,
+    device: torch.device,
+    capacity: int,
+    at_least: bool = False,
+    jobs: int = 0,
+    held: int = 0,
 ) -> str:
-    """The message for a replay buffer that does not fit: how much it needs, how much there is, what to do."""
+    """The message for a replay buffer that does not fit: how much it needs, how much there is, what to do.
+
+    ``jobs`` other processes on this machine hold ``held`` bytes of the device for their buffers
+    (:func:`dqnlab.replay.memory_for_a_new_buffer`); ``free`` is what they leave.
+    """
+    import os
+
+    from dqnlab.replay import MEMORY_LIMIT_ENV
+
     fits = int(capacity * fraction * free / max(need, 1))
+    others = f" besides the {_gib(held)} that {jobs} other dqnlab job(s) on this machine hold" if jobs else ""
+    limit = os.environ.get(MEMORY_LIMIT_ENV)
+    within = f" within {MEMORY_LIMIT_ENV}={limit}" if limit else ""
+    fewer = "run fewer jobs at once (hydra.launcher.n_jobs), " if jobs else ""
     return (
         f"buffer.capacity={capacity:_} transitions needs {'at least ' if at_least else ''}{_gib(need)} on "
-        f"{device} but only {_gib(free)} is free (buffer.memory_fraction={fraction:g} of it may be used): lower "
-        f"buffer.capacity to at most about {fits:_}, or put the buffer elsewhere with buffer.device"
+        f"{device} but only {_gib(free)} is free{others}{within} (buffer.memory_fraction={fraction:g} of it may "
+        f"be used): lower buffer.capacity to at most about {fits:_}, {fewer}or put the buffer elsewhere with "
+        "buffer.device"
     )
 
 
@@ -434,18 +455,21 @@ def _check_buffer_lower_bound(cfg: DictConfig, capacity: float | None, num_envs:
     """A buffer too large even with 1-byte observations fails here, before the env is built."""
     import torch
 
-    from dqnlab.replay import ReplayBuffer, available_memory_bytes
+    from dqnlab.replay import ReplayBuffer, memory_for_a_new_buffer
 
     if capacity is None:
         return []
     device = _buffer_device(cfg)
-    free = available_memory_bytes(device)  # a CUDA device without CUDA was rejected by _check_devices
+    try:  # less what other jobs' buffers on this machine reserved (a CUDA device without CUDA was rejected)
+        free, jobs, held = memory_for_a_new_buffer(device)
+    except ConfigError as e:  # a bad DQNLAB_MEMORY_LIMIT
+        return [str(e)]
     fraction = _select(cfg, "buffer.memory_fraction")
     fraction = 0.9 if fraction in (_ABSENT, None) else float(fraction)
     n = int(num_envs or 1)
     need = ReplayBuffer.nbytes_for(int(capacity) // n, n, (), torch.uint8)  # () of uint8: a 1-byte observation
     if free is not None and need > fraction * free:
-        return [buffer_too_large(need, free, fraction, device, int(capacity), at_least=True)]
+        return [buffer_too_large(need, free, fraction, device, int(capacity), True, jobs, held)]
     return []
 
 
@@ -454,18 +478,71 @@ def _first_sentence(err: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _load_checkpoint(p: Path) -> Any:
+def _numpy_safe_globals() -> list[Any]:
+    """What unpickling a numpy array needs: the array type, ``dtype`` and its classes, and numpy's rebuild function.
+
+    Checkpoints written before dqnlab stored its RNG states and episode bookkeeping as tensors hold numpy arrays.
+    These names build arrays of plain numbers and nothing else (an object array's items go through the same
+    restricted unpickler), so allowing them keeps those checkpoints readable without running code from them.
+    """
+    import numpy as np
+
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy.core or numpy._core .multiarray._reconstruct
+    dtypes = {type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFD"}
+    return [reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def load_checkpoint(p: str | Path) -> Any:
+    """``torch.load`` of a checkpoint with ``weights_only=True``: tensors and plain data, nothing from it runs.
+
+    Memory-mapped, so a checkpoint holding a large replay buffer is cheap to open. Only the resume itself
+    (Lightning's ``trainer.fit(ckpt_path=...)``) unpickles the training env's state, which is a pickle.
+
+    Raises:
+        pickle.UnpicklingError: The file names a Python object other than tensors and plain data
+            (:func:`unsafe_checkpoint_reason` says which); anything else: not a readable torch file.
+
+    """
+    import pickle
+
     import torch
 
-    try:
-        return torch.load(p, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
-        return torch.load(p, map_location="cpu", weights_only=False)
+    with open(p, "rb") as f:
+        head = f.read(2)
+    if not head.startswith((b"PK", b"\x80")):  # neither torch.save's zip nor its older pickle format
+        raise pickle.UnpicklingError(f"invalid load key, {head[:1].decode('latin-1')!r}")
+    safe = _numpy_safe_globals()
+    scope = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5: allowed for this load only
+    if scope is None:
+        torch.serialization.add_safe_globals(safe)
+    with scope(safe) if scope is not None else contextlib.nullcontext():
+        try:
+            return torch.load(p, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
+            return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def unsafe_checkpoint_reason(err: BaseException) -> str | None:
+    """For an error of :func:`load_checkpoint` that refused a named Python object: that object's name.
+
+    ``None`` for anything else, a garbled pickle opcode included (random bytes): that is a corrupt file.
+    """
+    match = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))
+    return next(g for g in match.groups() if g) if match else None
+
+
+def unsafe_checkpoint_message(name: str, what: str) -> str:
+    """The one-line refusal of a file that would run code when loaded."""
+    return (
+        f"{name} holds {what}, which only unpickling could build: loading it could run code from the file, so it "
+        "was not loaded (dqnlab's checkpoints and agent files hold only tensors and plain data); use a file "
+        "from a run you trust"
+    )
 
 
 def _loads(p: Path) -> bool:
     try:
-        _load_checkpoint(p)  # memory-mapped: cheap even for a checkpoint holding a large replay buffer
+        load_checkpoint(p)  # memory-mapped: cheap even for a checkpoint holding a large replay buffer
     except Exception:
         return False
     return True
@@ -489,7 +566,9 @@ def check_checkpoint(path: str, key: str | None = None) -> list[str]:
     """Problems with ``ckpt_path``: it must be a Lightning checkpoint of a dqnlab run.
 
     The file is opened with ``mmap=True``, so its tensors (the replay buffer may be gigabytes) are not read.
-    Like the resume itself, this unpickles the file: load checkpoints you trust. Nothing is ever written to it.
+    It is read with ``weights_only=True`` (:func:`load_checkpoint`): a file that names any other Python object
+    (``os.system``) is refused without running it. The resume itself still unpickles the training env's state:
+    resume only from your own runs. Nothing is ever written to the file.
 
     Args:
         path: The checkpoint file.
@@ -506,8 +585,11 @@ def check_checkpoint(path: str, key: str | None = None) -> list[str]:
     if not p.is_file():
         return [f"{name} is not a file: pass the .ckpt file itself, not its directory"]
     try:
-        ckpt = _load_checkpoint(p)
+        ckpt = load_checkpoint(p)
     except Exception as e:
+        what = unsafe_checkpoint_reason(e)
+        if what is not None:
+            return [unsafe_checkpoint_message(name, f"a Python object ({what})")]
         # A half-written file cannot come from dqnlab (its writes are atomic), but a full disk, a copy cut
         # short or a bad transfer can make one.
         return [
@@ -619,7 +701,7 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
     import torch
 
     from dqnlab.envs import EnvConfigError, check_discrete
-    from dqnlab.replay import BufferTooLargeError, ReplayBuffer, available_memory_bytes
+    from dqnlab.replay import BufferTooLargeError, ReplayBuffer, memory_for_a_new_buffer
 
     name = _env_name(cfg)
     check_discrete(env, name)
@@ -637,10 +719,10 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_space.dtype)).dtype
     need = ReplayBuffer.nbytes_for(slots, env.num_envs, frame_shape, obs_dtype)
     device = _buffer_device(cfg)
-    free = available_memory_bytes(device)
+    free, jobs, held = memory_for_a_new_buffer(device)  # what other jobs' buffers leave of the free memory
     fraction = float(cfg.buffer.get("memory_fraction", 0.9))
     if free is not None and need > fraction * free:
-        raise BufferTooLargeError(buffer_too_large(need, free, fraction, device, capacity))
+        raise BufferTooLargeError(buffer_too_large(need, free, fraction, device, capacity, jobs=jobs, held=held))
 
 
 class ValidateOnStart(Callback):
