@@ -5,6 +5,7 @@
     python scripts/benchmark.py replay-memory             # bytes of a 1M-transition Atari buffer
     python scripts/benchmark.py atari-gpu                 # Breakout on a GPU: eager vs CUDA graphs, num_envs
     python scripts/benchmark.py peers                     # Stable-Baselines3 DQN vs dqnlab, same settings
+    python scripts/benchmark.py zoo                       # dqnlab presets vs SB3 with RL Zoo's hyperparameters
     python scripts/benchmark.py cartpole-cpu --append     # also append the table to docs/benchmarks.md
 
 Each suite prints a table and one JSON line (``{"suite": ..., ...}``); ``--quick`` runs tiny sizes (tests).
@@ -454,6 +455,160 @@ def suite_peers(args) -> dict:
     return {"suite": "peers", "results": results, "ratio": best, "table": table}
 
 
+# ---------------------------------------------------------------------------------------------- zoo
+# RL Zoo's tuned DQN hyperparameters, DLR-RM/rl-baselines3-zoo hyperparams/dqn.yml at commit
+# ce95481b041fe5314c1b2f1a53940d169b9253fc (LunarLander: its LunarLander-v2 entry, run on v3). SB3 units:
+# train_freq and target_update_interval in env steps; gradient_steps -1 = as many as env steps per rollout.
+ZOO_DQN: dict[str, tuple[str, dict]] = {
+    "cartpole": (
+        "CartPole-v1",
+        dict(learning_rate=2.3e-3, batch_size=64, buffer_size=100_000, learning_starts=1000, gamma=0.99,
+             target_update_interval=10, train_freq=256, gradient_steps=128, exploration_fraction=0.16,
+             exploration_final_eps=0.04, net_arch=[256, 256]),
+    ),
+    "acrobot": (
+        "Acrobot-v1",
+        dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
+             target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
+             exploration_final_eps=0.1, net_arch=[256, 256]),
+    ),
+    "mountaincar": (
+        "MountainCar-v0",
+        dict(learning_rate=4e-3, batch_size=128, buffer_size=10_000, learning_starts=1000, gamma=0.98,
+             target_update_interval=600, train_freq=16, gradient_steps=8, exploration_fraction=0.2,
+             exploration_final_eps=0.07, net_arch=[256, 256]),
+    ),
+    "lunarlander": (
+        "LunarLander-v3",
+        dict(learning_rate=6.3e-4, batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
+             target_update_interval=250, train_freq=4, gradient_steps=-1, exploration_fraction=0.12,
+             exploration_final_eps=0.1, net_arch=[256, 256]),
+    ),
+}  # fmt: skip
+
+
+def greedy_returns(env_id: str, act, episodes: int, seed: int, max_episode_steps: int | None = None) -> list[float]:
+    """Raw returns of ``episodes`` greedy episodes on a fresh env (episode i reset with ``seed + i``)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id, **({"max_episode_steps": max_episode_steps} if max_episode_steps else {}))
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        done, total = False, 0.0
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
+
+
+def sb3_zoo_run(name: str, seed: int, env_steps: int, episodes: int, quick: bool) -> dict:
+    """One SB3 DQN run with RL Zoo's hyperparameters, then the same final evaluation protocol as dqnlab's."""
+    try:
+        from stable_baselines3 import DQN
+    except ImportError as err:
+        raise SystemExit(f"zoo needs Stable-Baselines3: pip install 'dqnlab[bench]' ({err})") from err
+    import gymnasium as gym
+
+    torch.set_num_threads(1)  # dqnlab's torch_threads default: both frameworks alike
+    env_id, hp = ZOO_DQN[name]
+    hp = dict(hp)
+    net_arch = hp.pop("net_arch")
+    limit = 100 if quick else None
+    if quick:
+        hp.update(learning_starts=200, buffer_size=2_000)
+    t0 = time.perf_counter()
+    env = gym.make(env_id, **({"max_episode_steps": limit} if limit else {}))
+    model = DQN("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device="cpu", verbose=0, **hp)
+    model.learn(total_timesteps=env_steps)
+    fit_s = time.perf_counter() - t0
+
+    def act(obs):
+        return model.predict(obs, deterministic=True)[0]
+
+    returns = greedy_returns(env_id, act, episodes, seed=10_000 * (seed + 1), max_episode_steps=limit)
+    env.close()
+    return {"eval/return_mean": float(np.mean(returns)), "eval/episodes": len(returns), "fit_s": fit_s}
+
+
+def _timed_process(cmd: list[str]) -> tuple[float, str]:
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0, proc.stdout
+
+
+def suite_zoo(args) -> dict:
+    """Per env: dqnlab's preset (``python train.py env=<name>``) and SB3 DQN with RL Zoo's hyperparameters, on
+    the same seeds and env-step budget (the preset's ``env_steps``), one process at a time, alternating.
+
+    Both end with greedy episodes on a separate env scored by raw return (dqnlab: its Evaluator with
+    ``eval.episodes``; SB3: ``predict(deterministic=True)``, the same count). Wall time is each process's, from
+    launch to exit, so both pay their imports.
+    """
+    import tempfile
+
+    from dqnlab.stats import bootstrap_ci
+
+    names = args.env_names or (["mountaincar"] if args.quick else ["acrobot", "mountaincar", "lunarlander"])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2, 3, 4])
+    quick = ["env_steps=600", "collector.learning_starts=200", "buffer.capacity=2000", "eval.every=0"]
+    quick += ["eval.episodes=2", "env.max_episode_steps=100", "~checkpoint"]
+    rows, results = [], {}
+    for name in names:
+        cfg = compose([f"env={name}", *(quick if args.quick else []), *args.overrides])
+        per = {"dqnlab": [], "sb3": []}
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                wall, _ = _timed_process(
+                    [sys.executable, str(ROOT / "train.py"), f"env={name}", f"seed={seed}", "progress_bar=false",
+                     "logger=[]", f"hydra.run.dir={tmp}", *(quick if args.quick else []), *args.overrides]
+                )  # fmt: skip
+                summary = json.loads((Path(tmp) / "summary.json").read_text())
+            per["dqnlab"].append({"seed": seed, "wall_s": wall, **summary})
+            worker = [sys.executable, __file__, "zoo-worker", "--envs", name, "--seeds", str(seed)]
+            worker += [f"--steps={cfg.env_steps}", f"--episodes={cfg.eval.episodes}", *(["--quick"] * args.quick)]
+            wall, out = _timed_process(worker)
+            per["sb3"].append({"seed": seed, "wall_s": wall, **json.loads(out.strip().splitlines()[-1])})
+            print(json.dumps({"env": name, "seed": seed, "dqnlab": per["dqnlab"][-1], "sb3": per["sb3"][-1]}))
+        summary_env = {"env_id": cfg.env.id, "env_steps": int(cfg.env_steps), **per}
+        for fw in ("dqnlab", "sb3"):
+            scores = [r["eval/return_mean"] for r in per[fw]]
+            iqm = bootstrap_ci(scores, seed=0)
+            summary_env[f"{fw}_iqm"] = [iqm.value, iqm.low, iqm.high]
+            summary_env[f"{fw}_wall_s"] = float(np.mean([r["wall_s"] for r in per[fw]]))
+            rows.append((cfg.env.id, fw, f"{cfg.env_steps:,}", iqm.format(), f"{np.mean(scores):.1f}",
+                         f"{min(scores):.1f}", f"{summary_env[f'{fw}_wall_s']:.0f}"))  # fmt: skip
+        summary_env["wall_ratio"] = summary_env["dqnlab_wall_s"] / summary_env["sb3_wall_s"]
+        rows.append((cfg.env.id, "dqnlab / SB3 wall time", "", "", "", "", f"**{summary_env['wall_ratio']:.2f}x**"))
+        results[name] = summary_env
+    header = ["env", "framework", "env steps", "final eval IQM [95% CI]", "mean", "worst seed", "wall s / run"]
+    table = format_table(header, rows) + f"\n\nseeds {seeds}; SB3 {_sb3_version()} with RL Zoo's dqn.yml (ce95481)"
+    return {"suite": "zoo", "seeds": seeds, "results": results, "table": table}
+
+
+def _sb3_version() -> str:
+    try:
+        import stable_baselines3
+
+        return stable_baselines3.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+def suite_zoo_worker(args) -> dict:
+    """One SB3 run of the zoo suite in its own process (so its wall time includes its imports, as dqnlab's)."""
+    result = sb3_zoo_run(args.env_names[0], args.seeds[0], args.steps, args.episodes, args.quick)
+    print(json.dumps(result))
+    raise SystemExit(0)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 def format_table(header: list[str], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -467,6 +622,8 @@ SUITES = {
     "replay-memory": suite_replay_memory,
     "atari-gpu": suite_atari_gpu,
     "peers": suite_peers,
+    "zoo": suite_zoo,
+    "zoo-worker": suite_zoo_worker,
 }
 
 
@@ -475,12 +632,24 @@ def main() -> None:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the composed config")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="cartpole-solve: the seeds to run (default 0-4)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="cartpole-solve/zoo: the seeds to run (default 0-4)")
+    parser.add_argument("--episodes", type=int, default=20, help="zoo-worker: final greedy episodes")
     parser.add_argument("--append", action="store_true", help="append the result to docs/benchmarks.md")
-    parser.add_argument("--envs", type=int, nargs="+", default=[8, 16, 32], help="atari-gpu/peers: num_envs")
+    parser.add_argument(
+        "--envs", nargs="+", help=f"atari-gpu/peers: num_envs (default 8 16 32); zoo: env names of {sorted(ZOO_DQN)}"
+    )
     parser.add_argument("--steps", type=int, default=60_000, help="atari-gpu/peers: dqnlab env steps timed")
     parser.add_argument("--sb3-steps", type=int, default=4_000, help="peers: SB3 env steps timed")
     args = parser.parse_args()
+    if args.suite.startswith("zoo"):
+        args.env_names = args.envs
+        if unknown := sorted(set(args.envs or []) - set(ZOO_DQN)):
+            parser.error(f"--envs {' '.join(unknown)}: zoo knows {', '.join(sorted(ZOO_DQN))}")
+    else:
+        try:
+            args.envs = [int(e) for e in args.envs or [8, 16, 32]]
+        except ValueError:
+            parser.error(f"{args.suite} --envs takes env counts (integers), got {' '.join(args.envs)}")
     result = SUITES[args.suite](args)
     result["machine"] = machine()
     result["date"] = dt.date.today().isoformat()

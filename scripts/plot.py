@@ -1,8 +1,10 @@
 """Learning curves and a results table: ``python scripts/plot.py <multirun or run dirs> [-o curves.png]``.
 
 Reads each run's ``metrics.csv`` (x = env steps) and ``.hydra/overrides.yaml``, draws one line per override set
-without ``seed`` (mean over seeds, shaded +- one standard deviation) and prints a Markdown table of the final
-``eval/return_mean`` (mean +- std over seeds, from ``summary.json``). See ``dqnlab.plotting``.
+without ``seed`` (mean over seeds, shaded +- one standard deviation; ``--center iqm``: the IQM with its 95%
+bootstrap band) and prints a Markdown table of the final ``eval/return_mean`` (mean +- std over seeds, from
+``summary.json``). Bands of returns are clipped to the env's return range where known. See ``dqnlab.plotting``;
+``scripts/results.py`` gives the final scores with bootstrap confidence intervals.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", default="rollout/episode_return", help="metrics.csv column to plot")
     parser.add_argument("--table-metric", default="eval/return_mean", help="summary.json key of the table")
     parser.add_argument("--title", help="plot title (default: the metric)")
+    parser.add_argument("--center", choices=["mean", "iqm"], default="mean", help="line over seeds (and its band)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     from dqnlab.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dirs:
         parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
     runs = [load_run(d) for d in run_dirs]
-    fig = plot_learning_curves(runs, args.metric, args.title)
+    fig = plot_learning_curves(runs, args.metric, args.title, center=args.center)
     output = args.output or args.dirs[0] / "curves.png"
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=120)

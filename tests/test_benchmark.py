@@ -11,7 +11,7 @@ from tests.conftest import PYTHON, ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers"])
+@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo"])
 def test_suite_runs_and_prints_one_json_line(suite):
     proc = subprocess.run(
         [PYTHON, "scripts/benchmark.py", suite, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -27,5 +27,10 @@ def test_suite_runs_and_prints_one_json_line(suite):
     if suite == "peers":
         assert result["results"]["sb3"]["env_steps_per_s"] > 0
         assert result["results"]["dqnlab"][0]["updates"] == 50 and result["ratio"] > 0
+    if suite == "zoo":  # one tiny MountainCar run of each framework, scored the same way
+        mc = result["results"]["mountaincar"]
+        assert mc["env_steps"] == 600 and mc["dqnlab"][0]["gradient_steps"] > 0
+        assert mc["sb3"][0]["eval/episodes"] == mc["dqnlab"][0]["eval/episodes"] == 2
+        assert mc["sb3_iqm"][1] <= mc["sb3_iqm"][0] <= mc["sb3_iqm"][2] and mc["wall_ratio"] > 0
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0

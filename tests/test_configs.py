@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
 from dqnlab.train import build
-from tests.conftest import ROOT
+from tests.conftest import PYTHON, ROOT
 
 GROUPS = [
     "env",
@@ -68,3 +70,24 @@ def test_option_composes_and_builds(make_cfg, group, option):
         assert parts.trainer.max_steps >= 1
     finally:
         parts.close()
+
+
+def test_lunarlander_without_box2d_names_the_extra(tmp_path):
+    # Box2D is hidden in the child process only (a None entry in sys.modules makes `import Box2D` fail).
+    code = (
+        "import runpy, sys; sys.modules['Box2D'] = None; "
+        f"sys.argv = ['train.py', 'env=lunarlander', 'debug=smoke', 'hydra.run.dir={tmp_path}']; "
+        "runpy.run_path('train.py', run_name='__main__')"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["error: env.id=LunarLander-v3 needs Box2D: pip install 'dqnlab[box2d]'"]
+
+
+def test_unknown_gym_id_says_how_to_find_one():
+    from dqnlab.envs import EnvConfigError, make_vector_env
+
+    with pytest.raises(EnvConfigError, match=r"pprint_registry\(\).*env=<name>.*mountaincar"):
+        make_vector_env("NoSuchEnv-v0")
+    with pytest.raises(EnvConfigError, match="Did you mean MountainCar-v0"):
+        make_vector_env("MountainCar-v9")

@@ -1,0 +1,220 @@
+"""Final scores with honest statistics: ``python scripts/results.py <run or multirun dirs> [--markdown out.md]``.
+
+``[--png curves.png] [--reference ENV_ID=RANDOM:REFERENCE ...]``.
+
+Per group of runs (same overrides apart from ``seed``, grouped as ``dqnlab.plotting`` does), the final greedy
+evaluation (``summary.json`` ``eval/return_mean``) as mean, median and IQM, each with a seeded 95% percentile
+bootstrap CI over runs, the number of runs and the worst seed. When the runs cover several envs, the groups that
+differ only in their env overrides are also aggregated on normalized scores (uniform random = 0, reference = 1;
+defaults in ``dqnlab.stats.ENV_SCORES``, override with ``--reference ENV_ID=RANDOM:REFERENCE``) with a
+stratified bootstrap. ``--png`` draws the learning curves: the IQM over seeds with its bootstrap band, one PNG
+per env. The method is rliable's (Agarwal et al. 2021), see ``dqnlab.stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dqnlab import stats
+from dqnlab.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
+
+
+@dataclass
+class Group:
+    """One group of runs and its final scores.
+
+    Attributes:
+        label: The overrides that tell it apart from the other groups.
+        overrides: All its grouping overrides.
+        env_id: The env its runs trained on (None if unknown or mixed).
+        runs: Its runs, finished or not.
+        scores: The final ``metric`` of each finished run.
+        seeds: The seed of each finished run, aligned with ``scores``.
+
+    """
+
+    label: str
+    overrides: tuple[str, ...]
+    env_id: str | None
+    runs: list[Run]
+    scores: np.ndarray
+    seeds: list[int]
+
+    @property
+    def method(self) -> tuple[str, ...]:
+        """The overrides apart from the env ones: groups with the same method on different envs aggregate."""
+        return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("env=", "env.")))
+
+
+def collect_groups(runs: list[Run], metric: str = "eval/return_mean") -> list[Group]:
+    """Runs grouped by their overrides without ``seed``, with the final ``metric`` of each finished run."""
+    groups = group_runs(runs)
+    labels = group_labels(groups)
+    out = []
+    for key, members in groups.items():
+        done = [r for r in members if metric in r.summary]
+        ids = {r.env_id for r in members}
+        out.append(
+            Group(
+                label=labels[key],
+                overrides=key,
+                env_id=ids.pop() if len(ids) == 1 else None,
+                runs=members,
+                scores=np.array([r.summary[metric] for r in done], dtype=float),
+                seeds=[int(r.summary.get("seed", -1)) for r in done],
+            )
+        )
+    return out
+
+
+def group_row(group: Group, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean, median and IQM with 95% bootstrap CIs, the run count and the worst seed of one group."""
+    row: dict[str, Any] = {"group": group.label, "env": group.env_id, "runs": len(group.runs)}
+    row["finished"] = len(group.scores)
+    if len(group.scores) == 0:
+        return row
+    for name, fn in stats.STATISTICS.items():
+        row[name] = stats.bootstrap_ci(group.scores, fn, reps=reps, seed=seed)
+    worst = int(np.argmin(group.scores))
+    row["worst"], row["worst_seed"] = float(group.scores[worst]), group.seeds[worst]
+    row["scores"] = group.scores.tolist()
+    wall = [r.summary["wall_time_s"] for r in group.runs if "wall_time_s" in r.summary]
+    row["wall_s"] = float(np.mean(wall)) if wall else None
+    steps = [r.summary["env_steps"] for r in group.runs if "env_steps" in r.summary]
+    row["env_steps"] = int(max(steps)) if steps else None
+    return row
+
+
+def aggregate_rows(
+    groups: list[Group], references: dict[str, stats.EnvScores], reps: int = 2000, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Per method on two or more envs: normalized mean, median and IQM with stratified bootstrap CIs."""
+    methods: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+    ambiguous: set[tuple[str, ...]] = set()  # two groups of one method on one env: no single aggregate
+    for g in groups:
+        if g.env_id in references and len(g.scores):
+            ref = references[g.env_id]
+            per_env = methods.setdefault(g.method, {})
+            if g.env_id in per_env:
+                ambiguous.add(g.method)
+            per_env[g.env_id] = stats.normalize(g.scores, ref.random, ref.reference)
+    rows = []
+    for method, per_env in methods.items():
+        if len(per_env) < 2 or method in ambiguous:
+            continue
+        row: dict[str, Any] = {"group": ", ".join(method) or "defaults", "envs": sorted(per_env)}
+        row["runs"] = sum(len(v) for v in per_env.values())
+        for name, fn in stats.STATISTICS.items():
+            row[name] = stats.stratified_bootstrap_ci(per_env, fn, reps=reps, seed=seed)
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict[str, Any]], aggregates: list[dict[str, Any]], metric: str) -> str:
+    """The tables as Markdown."""
+    lines = [
+        f"Final `{metric}` per group; [95% percentile bootstrap CI over runs]",
+        "",
+        "| group | env | runs | IQM | mean | median | worst (seed) | env steps | wall s / run |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        runs = f"{r['finished']}/{r['runs']}" if r["finished"] != r["runs"] else str(r["runs"])
+        if not r["finished"]:
+            lines.append(f"| {r['group']} | {r['env']} | {runs} | - | - | - | - | - | - |")
+            continue
+        wall = f"{r['wall_s']:.0f}" if r.get("wall_s") is not None else "-"
+        steps = f"{r['env_steps']:,}" if r.get("env_steps") is not None else "-"
+        lines.append(
+            f"| {r['group']} | {r['env']} | {runs} | {r['iqm'].format()} | {r['mean'].format()} | "
+            f"{r['median'].format()} | {r['worst']:.1f} ({r['worst_seed']}) | {steps} | {wall} |"
+        )
+    if aggregates:
+        lines += [
+            "",
+            "Normalized across envs (random = 0, reference = 1); [95% stratified bootstrap CI]",
+            "",
+            "| group | envs | runs | IQM | mean | median |",
+            "|---|---|---|---|---|---|",
+        ]
+        for a in aggregates:
+            lines.append(
+                f"| {a['group']} | {', '.join(a['envs'])} | {a['runs']} | {a['iqm'].format(3)} | "
+                f"{a['mean'].format(3)} | {a['median'].format(3)} |"
+            )
+    return "\n".join(lines)
+
+
+def parse_reference(text: str) -> tuple[str, stats.EnvScores]:
+    """``ENV_ID=RANDOM:REFERENCE`` -> (env id, scores)."""
+    try:
+        env_id, values = text.split("=", 1)
+        random, reference = (float(v) for v in values.split(":"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--reference {text!r}: expected ENV_ID=RANDOM:REFERENCE") from err
+    known = stats.ENV_SCORES.get(env_id)
+    bounds = (known.low, known.high) if known else (None, None)
+    return env_id, stats.EnvScores(random, reference, *bounds)
+
+
+def write_curves(runs: list[Run], png: Path, metric: str, seed: int) -> list[Path]:
+    """One PNG of IQM learning curves per env (``png`` itself when there is one env)."""
+    by_env: dict[str | None, list[Run]] = {}
+    finished = [r for r in runs if r.summary] or runs  # a run still going would cut every curve at its step
+    for r in finished:
+        by_env.setdefault(r.env_id, []).append(r)
+    written = []
+    for env_id, members in by_env.items():
+        out = png if len(by_env) == 1 else png.with_name(f"{png.stem}-{env_id}{png.suffix}")
+        fig = plot_learning_curves(members, metric, title=env_id or metric, center="iqm", seed=seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=90)
+        written.append(out)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or dirs above them (multirun dirs)")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
+    parser.add_argument("--png", type=Path, help="write IQM learning curves here (one file per env)")
+    parser.add_argument("--metric", default="eval/return_mean", help="summary.json key of the final score")
+    parser.add_argument("--curve-metric", default="eval/return_mean", help="metrics.csv column of the curves")
+    parser.add_argument(
+        "--reference",
+        type=parse_reference,
+        action="append",
+        default=[],
+        metavar="ENV_ID=RANDOM:REFERENCE",
+        help="normalization of an env (repeatable); defaults: " + ", ".join(stats.ENV_SCORES),
+    )
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    run_dirs = find_run_dirs(args.dirs)
+    if not run_dirs:
+        parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
+    runs = [load_run(d) for d in run_dirs]
+    groups = collect_groups(runs, args.metric)
+    references = {**stats.ENV_SCORES, **dict(args.reference)}
+    rows = [group_row(g, args.reps, args.seed) for g in groups]
+    text = format_markdown(rows, aggregate_rows(groups, references, args.reps, args.seed), args.metric)
+    print(text)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text + "\n")
+    if args.png:
+        for out in write_curves(runs, args.png, args.curve_metric, args.seed):
+            print(f"learning curves: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
