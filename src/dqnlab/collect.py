@@ -34,6 +34,11 @@ def steps_natively(env: VectorEnv) -> bool:
     return True
 
 
+def _numpy_copy(x: Any) -> np.ndarray:
+    """A numpy copy of a tensor or an array (``np.array(tensor)`` warns under numpy 2)."""
+    return x.detach().cpu().numpy().copy() if isinstance(x, torch.Tensor) else np.array(x)
+
+
 class EnvPipe:
     """Send a vector step now and receive its results later, so the env steps while the host does other work.
 
@@ -398,11 +403,10 @@ class EnvStepper(Callback):
         self.env_steps = int(state_dict["env_steps"])
         self.episodes = int(state_dict["episodes"])
         self.rng.bit_generator.state = state_dict["rng"]
-        # np.array copies tensors (newer checkpoints) and numpy arrays (older ones) alike.
-        self._obs = np.array(state_dict["obs"])
-        self._ep_return = np.array(state_dict["ep_return"])
-        self._ep_length = np.array(state_dict["ep_length"])
-        self._last_done = np.array(state_dict["last_done"])
+        # Tensors (newer checkpoints) and numpy arrays (older ones) alike, as numpy copies.
+        self._obs, self._ep_return, self._ep_length, self._last_done = (
+            _numpy_copy(state_dict[k]) for k in ("obs", "ep_return", "ep_length", "last_done")
+        )
         self.recent_returns = deque(state_dict["recent_returns"], maxlen=100)
         self.recent_lengths = deque(state_dict["recent_lengths"], maxlen=100)
         self._next_log = int(state_dict["next_log"])
