@@ -54,11 +54,6 @@ def resolve_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_device_name(cfg: DictConfig) -> str:
-    """``cpu`` or ``cuda``: where the learner runs."""
-    return resolve_device(cfg.trainer.get("accelerator", "auto")).type
-
-
 def _quiet_lightning() -> None:
     # Lightning's banners ("GPU available...", "TPU available...") drown the progress bar on every run.
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
@@ -249,8 +244,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         stop.install()
         parts = build(cfg, stop)
-        log.info("%s", describe_run(cfg, resolve_device_name(cfg)))
-        hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), resolve_device_name(cfg))
+        device = resolve_device(cfg.trainer.get("accelerator", "auto")).type
+        log.info("%s", describe_run(cfg, device))
+        hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), device)
         if hint and ckpt_path is None:
             log.warning("%s", hint)
         for logger in parts.trainer.loggers:

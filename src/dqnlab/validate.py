@@ -225,8 +225,21 @@ def unknown_top_level_key(key: str) -> str | None:
 
 
 # Hydra's flags that take a value (`--cfg job`, `-cn NAME`, ...): the value is not an override.
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir"}
-_FLAGS_WITH_VALUE |= {"-cd", "--experimental-rerun"}
+_FLAGS_WITH_VALUE = frozenset(
+    [
+        "--cfg",
+        "-c",
+        "--package",
+        "-p",
+        "--config-path",
+        "-cp",
+        "--config-name",
+        "-cn",
+        "--config-dir",
+        "-cd",
+        "--experimental-rerun",
+    ]
+)
 
 
 def refuse_unknown_override_keys(argv: list[str]) -> None:
