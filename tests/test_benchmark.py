@@ -12,10 +12,9 @@ from tests.conftest import PYTHON, ROOT
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo"])
-def test_suite_runs_and_prints_one_json_line(suite):
-    proc = subprocess.run(
-        [PYTHON, "scripts/benchmark.py", suite, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
+    cmd = [PYTHON, "scripts/benchmark.py", suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["suite"] == suite
@@ -32,5 +31,9 @@ def test_suite_runs_and_prints_one_json_line(suite):
         assert mc["env_steps"] == 600 and mc["dqnlab"][0]["gradient_steps"] > 0
         assert mc["sb3"][0]["eval/episodes"] == mc["dqnlab"][0]["eval/episodes"] == 2
         assert mc["sb3_iqm"][1] <= mc["sb3_iqm"][0] <= mc["sb3_iqm"][2] and mc["wall_ratio"] > 0
+        # Every run is kept under --out; a second invocation reads them back instead of training again.
+        assert sorted(p.name for p in (tmp_path / "mountaincar").iterdir()) == ["dqnlab_seed0.json", "sb3_seed0.json"]
+        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert json.loads(again.stdout.strip().splitlines()[-1])["results"] == result["results"]
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0
