@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from bench_minatar import suite_minatar_cpu  # scripts/bench_minatar.py (scripts/ is on sys.path when run)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `tests.conftest`-free config composition below, not for the package
@@ -659,6 +660,7 @@ SUITES = {
     "peers": suite_peers,
     "zoo": suite_zoo,
     "zoo-worker": suite_zoo_worker,
+    "minatar-cpu": suite_minatar_cpu,
 }
 
 

@@ -49,6 +49,8 @@ def test_option_composes_and_builds(make_cfg, group, option):
         overrides.append("env.game=pong")
     if group == "logger" and option == "wandb":
         pytest.importorskip("wandb")
+    if group == "network" and option == "minatar_cnn":
+        overrides.append("env=minatar")  # its grids; tests/test_minatar.py runs it with every family switch
     image = (group == "env" and is_image_env(option)) or (group == "network" and option == "nature_cnn")
     if group == "experiment":
         cfg = make_cfg(*overrides)
@@ -60,6 +62,8 @@ def test_option_composes_and_builds(make_cfg, group, option):
         if group != "network":
             overrides.append("network=nature_cnn")
     cfg = make_cfg(*overrides)
+    if cfg.env._target_ == "dqnlab.minatar.make_minatar_env":
+        pytest.importorskip("minatar")
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         assert group == "trainer"  # composes; cannot build without a GPU
         return

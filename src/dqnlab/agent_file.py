@@ -35,8 +35,10 @@ FORMAT = "dqnlab-agent/1"
 SUFFIX = ".safetensors"
 # The only callables a config read from a file may name (conf/env/*.yaml, conf/network/*.yaml): nothing else is
 # instantiated, so a file cannot make us call os.system or any other importable function.
-ENV_TARGETS = frozenset({"dqnlab.envs.make_vector_env", "dqnlab.atari.make_atari_env"})
-NETWORK_TARGETS = frozenset({"dqnlab.networks.MLP", "dqnlab.networks.NatureCNN"})
+ENV_TARGETS = frozenset(
+    {"dqnlab.envs.make_vector_env", "dqnlab.atari.make_atari_env", "dqnlab.minatar.make_minatar_env"}
+)
+NETWORK_TARGETS = frozenset({"dqnlab.networks.MLP", "dqnlab.networks.NatureCNN", "dqnlab.networks.MinAtarCNN"})
 _ALGO_KEYS = ("num_atoms", "v_min", "v_max")  # what the policy needs to read a distributional output
 _MAX_HEADER = 100 * 2**20  # bytes; safetensors' own limit too
 

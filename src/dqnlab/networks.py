@@ -3,7 +3,7 @@
 Networks are built from the env's spaces: configs are ``_partial_: true`` and :func:`build_network` passes in
 ``obs_shape`` and ``num_actions`` (and ``num_atoms`` for a distributional learner, ``algo=c51``).
 
-The DQN family's network switches compose with each other and with both networks:
+The DQN family's network switches compose with each other and with every network here:
 
 - ``dueling``: separate value and advantage streams, ``Q = V + A - mean(A)`` (Wang et al. 2016).
 - ``noisy``: factorised Gaussian :class:`NoisyLinear` layers (Fortunato et al. 2018); the learner resamples
@@ -288,17 +288,71 @@ class NatureCNN(nn.Module):
         )
         with torch.no_grad():  # flatten size from a dry pass, not a hard-coded 3136
             flat = self.features(torch.zeros(1, c, h, w)).shape[1]
-        linear = _linear_factory(noisy, sigma0)
-        if dueling:
-            self.head: nn.Module = DuelingHead(flat, num_actions, num_atoms, hidden_size, linear)
-        else:
-            self.head = nn.Sequential(
-                linear(flat, hidden_size), nn.ReLU(), linear(hidden_size, num_actions * num_atoms)
-            )
+        self.head = _conv_head(flat, hidden_size, num_actions, num_atoms, dueling, _linear_factory(noisy, sigma0))
 
     def forward(self, obs: Tensor) -> Tensor:
         """``[B, C, H, W]`` (any dtype) -> ``[B, num_actions]`` (``[B, num_actions, num_atoms]`` logits)."""
         out = self.head(self.features(obs.float() / self.scale))
+        return out if out.dim() == 3 else _as_output(out, self.num_actions, self.num_atoms)
+
+
+def _conv_head(
+    flat: int, hidden_size: int, num_actions: int, num_atoms: int, dueling: bool, linear: LinearFactory
+) -> nn.Module:
+    """The fully connected part after conv features: one hidden layer and the output (one each per stream)."""
+    if dueling:
+        return DuelingHead(flat, num_actions, num_atoms, hidden_size, linear)
+    return nn.Sequential(linear(flat, hidden_size), nn.ReLU(), linear(hidden_size, num_actions * num_atoms))
+
+
+class MinAtarCNN(nn.Module):
+    """The MinAtar network of Young & Tian (2019): one conv layer and a 128-unit layer.
+
+    ``Conv(C -> 16, 3x3, stride 1)``, ReLU, ``Linear(16 * 8 * 8 -> 128)``, ReLU, a linear output per action
+    (``examples/dqn.py`` of kenjyoung/MinAtar). The input channels come from the observations (4 to 10 by game);
+    ``uint8`` 0/1 cells become float here, so the replay keeps one byte per cell. The family switches change
+    the fully connected part, as on :class:`NatureCNN`: dueling gives each stream its own ``hidden_size``
+    layer, noisy makes those layers noisy; the conv layer stays plain.
+
+    Args:
+        obs_shape: ``[C, H, W]`` channels first (``dqnlab.minatar`` transposes MinAtar's ``[H, W, C]``).
+        num_actions: Number of discrete actions.
+        channels: Filters of the conv layer (the paper's 16).
+        hidden_size: Width of the fully connected layer (the paper's 128).
+        dueling: Value and advantage streams after the conv layer.
+        noisy: Noisy fully connected layers.
+        sigma0: Initial noise scale of the noisy layers.
+        num_atoms: Atoms of a distributional output (set by the learner, ``algo.num_atoms``).
+
+    """
+
+    def __init__(
+        self,
+        obs_shape: Sequence[int],
+        num_actions: int,
+        channels: int = 16,
+        hidden_size: int = 128,
+        dueling: bool = False,
+        noisy: bool = False,
+        sigma0: float = 0.5,
+        num_atoms: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(obs_shape) != 3 or min(obs_shape[1:]) < 3:
+            raise NetworkConfigError(
+                f"network=minatar_cnn takes grid observations [C, H, W] of at least 3x3 cells, but this env's are "
+                f"shaped {tuple(obs_shape)}: use it with env=minatar, network=mlp for vector observations"
+            )
+        c, h, w = (int(x) for x in obs_shape)
+        self.num_actions, self.num_atoms = int(num_actions), int(num_atoms)
+        self.features = nn.Sequential(nn.Conv2d(c, channels, kernel_size=3, stride=1), nn.ReLU(), nn.Flatten())
+        with torch.no_grad():  # flatten size from a dry pass (16 * 8 * 8 on the 10x10 grid)
+            flat = self.features(torch.zeros(1, c, h, w)).shape[1]
+        self.head = _conv_head(flat, hidden_size, num_actions, num_atoms, dueling, _linear_factory(noisy, sigma0))
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """``[B, C, H, W]`` (any dtype) -> ``[B, num_actions]`` (``[B, num_actions, num_atoms]`` logits)."""
+        out = self.head(self.features(obs.float()))
         return out if out.dim() == 3 else _as_output(out, self.num_actions, self.num_atoms)
 
 

@@ -53,13 +53,19 @@ def describe_run(cfg: DictConfig, device: str) -> str:
 
 
 def cpu_hint(cfg: DictConfig, obs_shape: tuple[int, ...], device: str) -> str | None:
-    """A word before a long image-based run on a CPU (Atari's 10M env steps take about a day there)."""
+    """A word before a long run on Atari-sized images on a CPU (Atari's 10M env steps take about a day there).
+
+    MinAtar's 10x10 grids are images too, but made for a CPU: no hint for them.
+    """
     if device != "cpu" or len(obs_shape) < 3 or int(cfg.env_steps) < LONG_IMAGE_RUN_ENV_STEPS:
+        return None
+    if min(obs_shape[-2:]) < 32:
         return None
     return (
         f"{int(cfg.env_steps):,} env steps of an image-based env on a CPU take many hours (Atari runs are made "
         "for a GPU: trainer=gpu); the bar's ETA says how many. To check the whole pipeline on a CPU in seconds, add "
-        "debug=smoke; for learning on a CPU, use a classic-control or Box2D env (env=cartpole, env=lunarlander)"
+        "debug=smoke; for learning on a CPU, use a classic-control, Box2D or MinAtar env (env=cartpole, "
+        "env=lunarlander, env=minatar)"
     )
 
 
