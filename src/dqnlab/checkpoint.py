@@ -371,6 +371,8 @@ class DQNCheckpoint(ModelCheckpoint):
             return
         signum = self.stop.signum
         path = self.write_last(trainer)
+        if self.stop.requeue:  # SLURM's SIGUSR2: submitit requeues the job, which resumes from last.ckpt
+            self.stop.hand_over(path)
         self.stop.signum = None
         stop = Interrupted(signum, path, self.collector.env_steps)
         log.warning("%s", stop)

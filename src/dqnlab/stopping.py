@@ -8,6 +8,11 @@ final evaluation):
   (:class:`Interrupted`, exit status ``128 + signal``: 130 for SIGINT, 143 for SIGTERM);
 - a second signal stops at once (:class:`HardStop`), also in the middle of a checkpoint write, whose temp file
   is then removed (the atomic write): the message says which checkpoint is on disk and which one is not.
+
+In a SLURM job launched by submitit, ``SIGUSR2`` (the time limit is near, or a preemption) is taken over from
+submitit's handler: during training ``last.ckpt`` is written first and submitit's handler runs after it (it
+requeues the job and exits); elsewhere (set-up, prefill, final evaluation) it runs at once. ``SIGTERM`` together
+with it (SLURM's preemption sends both) is not a second signal. See :mod:`dqnlab.slurm`.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pytorch_lightning.callbacks import Callback
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# submitit's signal for "checkpoint and requeue" (SLURM sends it before the time limit: hydra.launcher.signal_delay_s).
+REQUEUE_SIGNAL = signal.SIGUSR2
 
 
 class Interrupted(SystemExit):
@@ -124,6 +131,7 @@ class SignalStop:
         self.writing: str | None = None
         self.saved: tuple[str, int] | None = None
         self.phase = "setup"
+        self.requeue = False  # SIGUSR2 seen: after saving, submitit's handler requeues the job
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -134,6 +142,11 @@ class SignalStop:
             if signum not in self._previous:
                 self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._on_signal)
+        # SIGUSR2 only where someone handles it already (submitit in a SLURM job); elsewhere it keeps its default.
+        if REQUEUE_SIGNAL not in self._previous and callable(signal.getsignal(REQUEUE_SIGNAL)):
+            self._previous[REQUEUE_SIGNAL] = signal.getsignal(REQUEUE_SIGNAL)
+        if REQUEUE_SIGNAL in self._previous:
+            signal.signal(REQUEUE_SIGNAL, self._on_requeue_signal)
 
     def restore(self) -> None:
         """Put back the handlers that were there before :meth:`install`."""
@@ -155,9 +168,34 @@ class SignalStop:
             parts.append("this run saved no checkpoint")
         return "; ".join(parts)
 
+    def hand_over(self, saved: str | None = None) -> None:
+        """Run submitit's ``SIGUSR2`` handler now (it requeues the job and exits, or raises when out of requeues)."""
+        handler = self._previous.get(REQUEUE_SIGNAL)
+        what = f"saved {saved}" if saved else "nothing to save yet"
+        log.warning(
+            "SIGUSR2 (SLURM: time limit near, or preempted): %s; submitit requeues the job unless it has timed out "
+            "max_num_timeout times already",
+            what,
+        )
+        self.requeue = False
+        self.signum = None
+        if callable(handler):
+            handler(REQUEUE_SIGNAL, None)
+
+    def _on_requeue_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.phase != "training":  # set-up, prefill, final evaluation: nothing newer to save than what is on disk
+            self.hand_over()
+            return
+        self.requeue = True
+        if self.signum is None:
+            self.signum = signum
+            log.warning("SIGUSR2 received: saving a checkpoint after this gradient step, then requeueing (SLURM)")
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         final = self.phase == "final"
+        if self.signum is not None and (self.requeue or self.signum == REQUEUE_SIGNAL):
+            return  # SLURM's preemption sends SIGTERM next to SIGUSR2: one stop, already under way
         if self.signum is not None or final:
             self.restore()  # a third Ctrl-C gets Python's default behaviour
             when = "during the final evaluation" if final and self.signum is None else f"by a second {name}"
@@ -207,6 +245,8 @@ class StopOnSignal(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """Without checkpoints, stop after this gradient step."""
         if self.stop.signum is not None and not self.checkpointing:
+            if self.stop.requeue:  # SLURM's SIGUSR2 without checkpoints: requeued, the job starts over
+                self.stop.hand_over()
             signum, self.stop.signum = self.stop.signum, None
             stop = Interrupted(signum, None, self.collector.env_steps)
             log.warning("%s", stop)

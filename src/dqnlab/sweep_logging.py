@@ -23,6 +23,9 @@ from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from dqnlab.optuna_storage import prepare_optuna_sweep
+from dqnlab.slurm import prepare_slurm_sweep
+
 log = logging.getLogger(__name__)
 
 # Placeholders submitit formats in submitit_folder (submitit.core.utils.JobPaths).
@@ -94,6 +97,8 @@ class SweepLogging(Callback):
         """Route Optuna's logging through Hydra's when the sweeper is Optuna's."""
         if "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower():
             quiet_optuna_handler()
+            prepare_optuna_sweep(config)  # a study shared by parallel sweeps: its SQLite tables, made once
+        prepare_slurm_sweep(config)  # SLURM without accounting: a sacct stand-in, or a dead job hangs the sweep
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """For a submitit launcher: one result line per job, then remove the empty ``%j`` template folder."""

@@ -37,6 +37,7 @@ from dqnlab.nonfinite import NonFiniteGuard
 from dqnlab.progress import EnvStepProgressBar
 from dqnlab.replay import ReplayBuffer
 from dqnlab.report import as_counts, cpu_hint, describe_run, format_summary
+from dqnlab.slurm import lightning_plugins, requeue_ckpt_path
 from dqnlab.stopping import SignalStop, StopOnSignal
 from dqnlab.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
 from dqnlab.validate import check_writable_dir, validate_config, validate_env
@@ -180,7 +181,7 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
             callbacks=callbacks,
             logger=build_loggers(cfg) or False,
             enable_checkpointing=checkpoint is not None,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *lightning_plugins()],  # under SLURM: Lightning's auto-requeue off
         )
     except BaseException:
         env.close()
@@ -223,7 +224,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, verbose=False)
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))  # a corrupt last.ckpt: ConfigError
+    # A requeued SLURM job resumes from its run dir's last.ckpt (dqnlab.slurm); a corrupt last.ckpt: ConfigError.
+    ckpt_path = resolve_ckpt_path(requeue_ckpt_path(cfg.get("ckpt_path")), checkpoint_dir(cfg))
     for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
         remove_stale_temp_files(folder)
     earlier_rows: list[dict[str, Any]] = []

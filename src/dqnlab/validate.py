@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
+from dqnlab.slurm import check_slurm_launcher
 
 if TYPE_CHECKING:
     import torch
@@ -681,6 +682,9 @@ def validate_config(cfg: DictConfig) -> None:
     # torch and every _target_ (Lightning alone takes seconds), so they run once those pass.
     _raise_all(problems)
     problems += _check_targets(raw)
+    from dqnlab.minatar import config_problems as minatar_problems  # imported like the _target_s: torch is in
+
+    problems += minatar_problems(cfg)  # env=minatar: an unknown env.game, before the run dir exists
     problems += _check_devices(cfg)
     if not problems:  # the memory estimate needs a sane device and capacity
         problems += _check_buffer_lower_bound(cfg, valid.get("buffer.capacity"), valid.get("env.num_envs"))
@@ -761,6 +765,7 @@ class ValidateOnStart(Callback):
         """
         try:
             check_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+            check_slurm_launcher(config)  # a SLURM launcher where there is no sbatch
         except ConfigError as err:
             self._exit(err)
 
