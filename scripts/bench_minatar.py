@@ -115,7 +115,7 @@ def bare_minatar_loop(cfg: Any, update_only: int = 0) -> dict[str, float]:
 
 def suite_minatar_cpu(args: Any) -> dict:
     """The dqnlab and bare loops on MinAtar (see the module docstring); ``args.overrides`` go to the config."""
-    from benchmark import compose, dqnlab_loop, format_table  # lazily: benchmark.py imports this module
+    from benchmark import compose, dqnlab_loop, format_table, time_loops  # lazily: benchmark.py imports this module
 
     quick = ["env_steps=600", "collector.learning_starts=200", "env.max_episode_steps=100"]
     overrides = [
@@ -130,22 +130,13 @@ def suite_minatar_cpu(args: Any) -> dict:
         *args.overrides,
     ]
     cfg = compose(overrides)
-    torch.set_num_threads(int(cfg.torch_threads or torch.get_num_threads()))
     only = 50 if args.quick else 2_000
-    results: dict[str, dict[str, float]] = {}
-    for name, fn in (
+    loops = (
         ("bare", bare_minatar_loop),
         ("dqnlab", dqnlab_loop),
         ("bare_again", lambda c: bare_minatar_loop(c, update_only=only)),
-    ):
-        r = fn(cfg)
-        results[name] = {
-            **r,
-            "ms_per_update": 1e3 * r["fit_s"] / max(r["updates"], 1),
-            "env_steps_per_s": r["env_steps"] / r["fit_s"],
-        }
-    bare_ms = min(results["bare"]["ms_per_update"], results["bare_again"]["ms_per_update"])
-    ratio = results["dqnlab"]["ms_per_update"] / bare_ms
+    )
+    results, ratio = time_loops(cfg, loops, "ms")
     rows = [
         (k, f"{v['updates']:,}", f"{v['ms_per_update']:.3f}", f"{v['env_steps_per_s']:,.0f}")
         for k, v in results.items()

@@ -151,6 +151,25 @@ def dqnlab_loop(cfg) -> dict[str, float]:
     return {"fit_s": fit_s, "env_steps": parts.collector.env_steps, "updates": parts.trainer.global_step}
 
 
+def time_loops(cfg, loops, unit: str) -> tuple[dict[str, dict[str, float]], float]:
+    """Run ``(name, loop)`` pairs one after another on ``cfg`` (torch threads as configured), each result with its
+    time per update (``us_per_update`` or ``ms_per_update``, by ``unit``) and env steps per second; and dqnlab's
+    time per update over the faster of the two bare runs (``bare``, ``bare_again``: the box's load drifts).
+    """
+    torch.set_num_threads(int(cfg.torch_threads or torch.get_num_threads()))
+    key, scale = f"{unit}_per_update", {"us": 1e6, "ms": 1e3}[unit]
+    results = {}
+    for name, fn in loops:
+        r = fn(cfg)
+        results[name] = {
+            **r,
+            key: scale * r["fit_s"] / max(r["updates"], 1),
+            "env_steps_per_s": r["env_steps"] / r["fit_s"],
+        }
+    ratio = results["dqnlab"][key] / min(results["bare"][key], results["bare_again"][key])
+    return results, ratio
+
+
 def suite_cartpole_cpu(args) -> dict:
     quick = ["env_steps=1000", "collector.learning_starts=400", "env.max_episode_steps=50"]
     overrides = [
@@ -162,17 +181,7 @@ def suite_cartpole_cpu(args) -> dict:
         *args.overrides,
     ]
     cfg = compose(overrides)
-    torch.set_num_threads(int(cfg.torch_threads or torch.get_num_threads()))
-    results = {}
-    for name, fn in (("bare", bare_loop), ("dqnlab", dqnlab_loop), ("bare_again", bare_loop)):
-        r = fn(cfg)
-        results[name] = {
-            **r,
-            "us_per_update": 1e6 * r["fit_s"] / max(r["updates"], 1),
-            "env_steps_per_s": r["env_steps"] / r["fit_s"],
-        }
-    bare_us = min(results["bare"]["us_per_update"], results["bare_again"]["us_per_update"])
-    ratio = results["dqnlab"]["us_per_update"] / bare_us
+    results, ratio = time_loops(cfg, (("bare", bare_loop), ("dqnlab", dqnlab_loop), ("bare_again", bare_loop)), "us")
     rows = [
         (k, f"{v['updates']:,}", f"{v['us_per_update']:.0f}", f"{v['env_steps_per_s']:,.0f}")
         for k, v in results.items()
