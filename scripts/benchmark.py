@@ -160,12 +160,16 @@ def time_loops(cfg, loops, unit: str) -> tuple[dict[str, dict[str, float]], floa
     key, scale = f"{unit}_per_update", {"us": 1e6, "ms": 1e3}[unit]
     results = {}
     for name, fn in loops:
+        # The bare loops run on torch's defaults, subnormal floats included; dqnlab's build() sets its own
+        # flush_denormal (on by default), which would otherwise leak into the bare loop run after it.
+        torch.set_flush_denormal(False)
         r = fn(cfg)
         results[name] = {
             **r,
             key: scale * r["fit_s"] / max(r["updates"], 1),
             "env_steps_per_s": r["env_steps"] / r["fit_s"],
         }
+    torch.set_flush_denormal(False)
     ratio = results["dqnlab"][key] / min(results["bare"][key], results["bare_again"][key])
     return results, ratio
 

@@ -37,3 +37,13 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_cfg(list(overrides), tmp_path)
 
     return _make
+
+
+@pytest.fixture(autouse=True)
+def _torch_float_defaults():
+    """Each test starts on torch's float handling: a run's build() turns flush_denormal on for its thread."""
+    import torch
+
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(False)

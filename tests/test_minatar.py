@@ -160,6 +160,11 @@ def test_replay_holds_one_byte_per_cell_and_the_network_gets_float_channels_firs
         assert buffer.obs[0, 0].numel() * buffer.obs.element_size() == 10 * 10 * 10  # one byte per cell
         seen: list[torch.Tensor] = []
         net.features[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+        # Acting and updates of the plain network take the hand-written conv (dqnlab.mlp_update): watch it too.
+        stem = parts.module._mlp[0].stem if parts.module._mlp else None
+        if stem is not None:
+            forward = stem.forward
+            stem.forward = lambda x: (seen.append(x), forward(x))[1]  # type: ignore[method-assign]
         parts.trainer.fit(parts.module)
         assert parts.trainer.global_step > 0 and seen
         assert all(x.dtype == torch.float32 and tuple(x.shape[1:]) == (10, 10, 10) for x in seen)

@@ -1,4 +1,4 @@
-"""The hand-written MLP update (dqnlab.mlp_update) against autograd through DQNModule.td_loss."""
+"""The hand-written update (dqnlab.mlp_update) of MLPs and MinAtar's network against autograd (DQNModule.td_loss)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 
-from dqnlab.mlp_update import mlp_td_grads, plain_relu_layers
+from dqnlab.mlp_update import ConvStem, mlp_td_grads, plain_relu_layers
 from dqnlab.module import DQNModule
-from dqnlab.networks import MLP
+from dqnlab.networks import MLP, MinAtarCNN
+from dqnlab.optim_step import fast_step
 from dqnlab.replay import Batch
 
 
@@ -108,3 +109,78 @@ def test_no_weights_is_bit_for_bit_all_ones(loss):
     assert torch.equal(ones.loss, none.loss) and torch.equal(ones.errors, none.errors)
     for a, b in zip(ones.grads, none.grads, strict=True):
         assert torch.equal(a, b)
+
+
+def _grid_batch(b: int, channels: int, num_actions: int, g: torch.Generator) -> Batch:
+    """MinAtar-like observations: sparse 0/1 cells, uint8 as the replay stores them."""
+    flat = _batch(b, 1, num_actions, g)
+    cells = (torch.rand(2, b, channels, 10, 10, generator=g) < 0.2).to(torch.uint8)
+    return flat._replace(obs=cells[0], next_obs=cells[1])
+
+
+@pytest.mark.parametrize("channels", [4, 10])
+@pytest.mark.parametrize("loss", ["mse", "huber"])
+@pytest.mark.parametrize("double", [False, True])
+def test_minatar_cnn_loss_errors_and_gradients_equal_autograd(channels, loss, double):
+    """MinAtar's network (conv 3x3, ReLU, 128, ReLU, head): the conv layer as one product over its patches."""
+    g = torch.Generator().manual_seed(channels + double)
+    torch.manual_seed(channels)
+    net = MinAtarCNN((channels, 10, 10), 6)
+    module = DQNModule(net, lambda p: torch.optim.SGD(p, lr=0.1), loss=loss, double=double)
+    assert module._mlp is not None and module._mlp[0].stem is not None
+    with torch.no_grad():
+        for p in module.target_net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    batch = _grid_batch(32, channels, 6, g)
+    batch = batch._replace(rewards=batch.rewards * 3)
+    want = module.td_loss(batch)
+    want.loss.backward()
+    got = mlp_td_grads(
+        *module._mlp,
+        batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.discounts, batch.weights,
+        loss, double,
+    )  # fmt: skip
+    torch.testing.assert_close(got.loss, want.loss.detach())
+    torch.testing.assert_close(got.errors, want.errors)
+    params = list(module.q_net.parameters())
+    assert len(got.grads) == len(params)
+    for p, grad in zip(params, got.grads, strict=True):
+        torch.testing.assert_close(grad, p.grad)
+    assert torch.equal(module.greedy_actions(batch.obs), module(batch.obs).argmax(dim=1))
+
+
+@pytest.mark.parametrize("kernel, stride, shape", [(3, 1, (4, 10, 10)), (3, 2, (2, 9, 7)), (2, 3, (3, 8, 11))])
+def test_conv_stem_is_conv2d_relu_flatten(kernel, stride, shape):
+    torch.manual_seed(kernel * stride)
+    conv = torch.nn.Conv2d(shape[0], 5, kernel, stride=stride)
+    x = torch.rand(7, *shape)
+    flat, patches = ConvStem(conv).forward(x)
+    torch.testing.assert_close(flat, torch.relu(conv(x)).flatten(1))
+    assert patches.shape == (7, shape[0] * kernel * kernel, flat.shape[1] // 5)
+
+
+def test_minatar_cnn_family_switches_take_autograd():
+    for kw in ({"dueling": True}, {"noisy": True}, {"num_atoms": 51}):
+        assert plain_relu_layers(MinAtarCNN((4, 10, 10), 6, **kw)) is None, kw
+    assert not ConvStem.applies(torch.nn.Conv2d(4, 16, 3, padding=1))
+
+
+def test_a_minatar_module_update_with_rmsprop_is_the_autograd_update():
+    """The paper's setting through DQNModule._update (hand-written grads, flat RMSprop) vs autograd + torch."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    kw = {"lr": 2.5e-4, "alpha": 0.95, "eps": 0.01, "centered": True}
+    module = DQNModule(MinAtarCNN((4, 10, 10), 6), lambda p: torch.optim.RMSprop(p, **kw), loss="huber")
+    twin = copy.deepcopy(module)
+    opt_a = torch.optim.RMSprop(module.q_net.parameters(), **kw)
+    opt_b = torch.optim.RMSprop(twin.q_net.parameters(), **kw)
+    step = fast_step(opt_a)
+    for _ in range(20):
+        batch = _grid_batch(32, 4, 6, g)
+        module._update(batch, opt_a, step)
+        loss, _, _ = twin.td_loss(batch)
+        opt_b.zero_grad()
+        loss.backward()
+        opt_b.step()
+    for p, q in zip(module.q_net.parameters(), twin.q_net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

@@ -1,4 +1,4 @@
-"""FusedAdamStep (dqnlab.optim_step) against torch's own optimizer.step(), bit for bit."""
+"""FusedAdamStep and FlatRMSpropStep (dqnlab.optim_step) against torch's own optimizer.step(), bit for bit."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dqnlab.optim_step import FusedAdamStep
+from dqnlab.optim_step import FlatRMSpropStep, FusedAdamStep, fast_step
 
 
 def _twins(opt_cls: type[torch.optim.Optimizer], **kw: object) -> tuple[nn.Module, nn.Module, list, list]:
@@ -83,3 +83,54 @@ def test_a_step_hook_is_honoured():
         _set_grads(net, step)
         fast()
     assert len(calls) == 3
+
+
+def _assert_same_rmsprop(net, twin, opt, ref, centered: bool) -> None:
+    keys = ("square_avg", "step", *(("grad_avg",) if centered else ()))
+    for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+        for key in keys:
+            assert torch.equal(opt.state[p][key], ref.state[q][key]), key
+
+
+def _set_sparse_grads(net: nn.Module, step: int) -> None:
+    """Gradients with exact zeros, as MinAtar's sparse cells give: zero moments, then subnormal ones."""
+    _set_grads(net, step)
+    first = next(net.parameters()).grad
+    first[:, :2] = 0.0  # never a gradient: the moments stay exactly 0
+    if step > 2:
+        first[:, 2] = 0.0  # a gradient at first only: the moments decay by alpha per step
+        first[:, 3] *= 1e-22  # squares below float32's smallest normal
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("eps", [0.01, 1e-13])  # the second is below the floor that skips sqrt(0) exactly
+def test_flat_rmsprop_is_torch_rmsprop_bit_for_bit(centered, eps):
+    """The MinAtar paper's RMSprop (and the plain one): parameters, both moments and the step count."""
+    kw = {"lr": 2.5e-3, "alpha": 0.95, "eps": eps, "centered": centered}
+    net, twin, opt, ref = _twins(torch.optim.RMSprop, **kw)
+    fast = fast_step(opt)
+    assert isinstance(fast, FlatRMSpropStep)
+    for step in range(12):
+        _set_sparse_grads(net, step)
+        _set_sparse_grads(twin, step)
+        fast()
+        ref.step()
+        if step == 6:  # a resume replaces the optimizer's state: the flat buffers are rebuilt from the new one
+            _assert_same_rmsprop(net, twin, opt, ref, centered)
+            opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+        if step == 8:  # the learning-rate schedule writes the group's lr: the next step reads it
+            opt.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 1e-3
+    _assert_same_rmsprop(net, twin, opt, ref, centered)
+    assert float(opt.state[next(net.parameters())]["step"]) == 12
+    # The state the checkpoint saves is torch's: one tensor per parameter, loadable into a plain RMSprop.
+    fresh = torch.optim.RMSprop(copy.deepcopy(twin).parameters(), **kw)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert torch.equal(fresh.state_dict()["state"][2]["square_avg"], ref.state_dict()["state"][2]["square_avg"])
+
+
+@pytest.mark.parametrize("kw", [{"momentum": 0.9}, {"weight_decay": 0.01}, {"maximize": True}])
+def test_other_rmsprop_settings_take_optimizer_step(kw):
+    _, _, opt, _ = _twins(torch.optim.RMSprop, lr=1e-2, **kw)
+    assert fast_step(opt) == opt.step
+    assert not FlatRMSpropStep(opt).applies

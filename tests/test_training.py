@@ -112,6 +112,13 @@ def test_polyak_target_moves_by_tau(make_cfg):
     parts.close()
 
 
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_sets_how_this_thread_treats_subnormal_floats(make_cfg, flush):
+    subnormal = torch.tensor(1e-40)  # below float32's smallest normal, 1.18e-38
+    build(make_cfg("debug=smoke", "~checkpoint", f"flush_denormal={str(flush).lower()}")).close()
+    assert bool((subnormal * 1.0) == 0) is flush  # flushed to 0, or kept as the subnormal it is
+
+
 class DueRecorder(pl.Callback):
     def __init__(self, collector):
         self.collector = collector

@@ -53,6 +53,7 @@ _RESUME_IGNORED_KEYS = (
     "ckpt_path",
     "progress_bar",
     "torch_threads",
+    "flush_denormal",
     "nonfinite",
     "trainer.default_root_dir",
 )

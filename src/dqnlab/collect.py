@@ -359,6 +359,9 @@ class EnvStepper(Callback):
             self.recent_lengths.extend(self._new_lengths)
             self._new_returns.clear()
             self._new_lengths.clear()
+        if self.recent_returns:
+            # The MinAtar paper's (and most papers') training curve: the mean of the last 100 episodes.
+            metrics["rollout/return_ma100"] = float(np.mean(self.recent_returns))
         metrics.update(pl_module.pop_metrics())
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self.env_steps)

@@ -16,7 +16,7 @@ from dqnlab.errors import ConfigError
 from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.networks import noisy_layers, resample_noise
-from dqnlab.optim_step import FusedAdamStep
+from dqnlab.optim_step import FlatRMSpropStep, fast_step
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
@@ -190,7 +190,7 @@ class DQNModule(pl.LightningModule):
         if self.noisy:
             resample_noise(self._noisy_online)
         if self._mlp is not None:  # the same products without nn.Module dispatch (one acting step per vector step)
-            return mlp_q_values(self._mlp[0], obs.float()).argmax(dim=1)
+            return mlp_q_values(self._mlp[0], obs).argmax(dim=1)
         return self.forward(obs).argmax(dim=1)
 
     def td_loss(self, batch: Batch) -> TDLoss:
@@ -254,7 +254,7 @@ class DQNModule(pl.LightningModule):
         Args:
             batch: The minibatch.
             optimizer: The torch optimizer of the online network.
-            step: Steps ``optimizer`` (a :class:`~dqnlab.optim_step.FusedAdamStep`); default ``optimizer.step``.
+            step: Steps ``optimizer`` (:func:`~dqnlab.optim_step.fast_step`); default ``optimizer.step``.
 
         Returns:
             The ``[B]`` TD errors (new priorities for prioritized replay), as a 1-tuple.
@@ -277,7 +277,7 @@ class DQNModule(pl.LightningModule):
             for p in self._online_params:  # zero_grad(set_to_none=True) without its profiler scope (~20 us)
                 p.grad = None
             loss.backward()
-        skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, optimizer)
+        skip, loss_and_q = self._clip_and_skip_nonfinite(loss, q_mean, optimizer, step)
         (step or optimizer.step)()
         # The means are over finite steps (pop_metrics subtracts the skipped ones from the count). In-place
         # methods, not `+=`: that would also run nn.Module.__setattr__ (a few us per step each).
@@ -286,7 +286,7 @@ class DQNModule(pl.LightningModule):
         return (errors,)
 
     def _clip_and_skip_nonfinite(
-        self, loss: Tensor, q_mean: Tensor, optimizer: torch.optim.Optimizer
+        self, loss: Tensor, q_mean: Tensor, optimizer: torch.optim.Optimizer, step: Callable[[], None] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Clip the gradient norm (``max_grad_norm``) and turn this step's update into a no-op if it is not finite.
 
@@ -314,6 +314,8 @@ class DQNModule(pl.LightningModule):
         skip = found_inf.bool()
         if optimizer.defaults.get("fused"):
             optimizer.found_inf = found_inf  # read by torch's fused step (non-fused ones reject it)
+        elif isinstance(step, FlatRMSpropStep):
+            step.skip = skip  # it zeroes its flat gradient: one op
         else:
             for g in grads:
                 g.masked_fill_(skip, 0.0)  # masked, not multiplied: NaN * 0 is NaN
@@ -390,7 +392,9 @@ class DQNModule(pl.LightningModule):
             # schedulers fill it in place.
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
-        step = FusedAdamStep(opt)  # torch's fused Adam kernel without optimizer.step()'s Python (same numbers)
+        step = fast_step(opt)  # fused Adam or flat RMSprop without optimizer.step()'s Python (same numbers)
+        if self._mlp is not None and self._mlp[0].stem is not None and self.device.type != "cpu":
+            self._mlp = None  # the hand-written conv is measured on the CPU only; cuDNN is the GPU's
         # The first recorded update is checked against the eager one (dqnlab.graphs); noisy nets draw new noise
         # inside it, which a replay and an eager call draw differently, so only their recording is checked.
         state = None if self.noisy else partial(self._update_state, opt)

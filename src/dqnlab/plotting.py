@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from dqnlab import stats
 
 # Overrides that do not change what is trained: never a reason to put two runs in different groups.
-_NOT_GROUPING = ("seed", "hydra.", "paths.", "ckpt_path", "progress_bar", "torch_threads", "logger")
+_NOT_GROUPING = ("seed", "hydra.", "paths.", "ckpt_path", "progress_bar", "torch_threads", "flush_denormal", "logger")
 
 
 @dataclass

@@ -190,7 +190,17 @@ def _gib(n: float) -> str:
 # Every top-level key a composed config may hold: conf/train.yaml's run-level knobs and the config groups
 # (tests/test_validation.py checks this against conf/, so it cannot drift). Anything else was added by a
 # `+key=` override or a YAML file, and nothing reads it: a typo that would train the wrong experiment.
-RUN_KNOBS = ("seed", "env_steps", "torch_threads", "progress_bar", "optimized_metric", "ckpt_path", "nonfinite")
+RUN_KNOBS = (
+    "seed",
+    "env_steps",
+    "torch_threads",
+    "flush_denormal",
+    "progress_bar",
+    "optimized_metric",
+    "ckpt_path",
+    "nonfinite",
+)
+BOOL_KNOBS = ("progress_bar", "flush_denormal")  # run knobs that are switches
 GROUPS = (
     "algo",
     "buffer",
@@ -351,6 +361,10 @@ def _check_choices(cfg: DictConfig) -> list[str]:
         value = _select(cfg, key)
         if value is not _ABSENT and value not in options:
             problems.append(f"{key}={_fmt(value)} is not known: use one of {', '.join(options)}")
+    for key in BOOL_KNOBS:
+        value = _select(cfg, key)
+        if value is not _ABSENT and not isinstance(value, bool):
+            problems.append(f"{key}={_fmt(value)} is not true or false: use {key}=true or {key}=false")
     loss, atoms = _select(cfg, "algo.loss"), _select(cfg, "algo.num_atoms")
     distributional = isinstance(atoms, int) and not isinstance(atoms, bool) and atoms > 1
     if loss in CHOICES["algo.loss"] and distributional != (loss == "cross_entropy"):
