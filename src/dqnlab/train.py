@@ -282,6 +282,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         # This process's own env steps over its own fit time (a resume took the earlier ones in another).
         "env_steps_per_s": (collector.env_steps - collector.fit_start_env_steps) / max(fit_s, 1e-9),
         "seed": float(cfg.seed),
+        # The mean training return of the last 100 episodes: the learning curves papers report (MinAtar's)
+        **(
+            {"rollout/return_ma100": sum(collector.recent_returns) / len(collector.recent_returns)}
+            if collector.recent_returns
+            else {}
+        ),
         "update_path": parts.module.update_path,  # cuda_graph, or eager (the CPU, or a failed recording)
     }
     summary = as_counts(summary)
