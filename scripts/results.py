@@ -52,13 +52,24 @@ class Group:
         return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("env=", "env.")))
 
 
+def final_value(run: Run, metric: str) -> float | None:
+    """A finished run's ``metric``: its ``summary.json`` key, else the last value of that ``metrics.csv`` column
+    (a summary written before the key existed); ``None`` for a run that has not finished.
+    """
+    if metric in run.summary:
+        return float(run.summary[metric])
+    if run.summary and metric in run.curves and len(run.curves[metric][1]):
+        return float(run.curves[metric][1][-1])
+    return None
+
+
 def collect_groups(runs: list[Run], metric: str = "eval/return_mean") -> list[Group]:
     """Runs grouped by their overrides without ``seed``, with the final ``metric`` of each finished run."""
     groups = group_runs(runs)
     labels = group_labels(groups)
     out = []
     for key, members in groups.items():
-        done = [r for r in members if metric in r.summary]
+        done = [r for r in members if final_value(r, metric) is not None]
         ids = {r.env_id for r in members}
         out.append(
             Group(
@@ -66,7 +77,7 @@ def collect_groups(runs: list[Run], metric: str = "eval/return_mean") -> list[Gr
                 overrides=key,
                 env_id=ids.pop() if len(ids) == 1 else None,
                 runs=members,
-                scores=np.array([r.summary[metric] for r in done], dtype=float),
+                scores=np.array([final_value(r, metric) for r in done], dtype=float),
                 seeds=[int(r.summary.get("seed", -1)) for r in done],
             )
         )

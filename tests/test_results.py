@@ -111,6 +111,18 @@ def test_aggregate_over_envs_uses_normalized_scores():
     assert row["worst"] == -200.0 and row["worst_seed"] == 0 and row["finished"] == 3
 
 
+def test_a_score_missing_from_the_summary_is_the_curves_last_value_of_a_finished_run():
+    results = _results_module()
+    finished, going = _run(0, "CartPole-v1", 450.0), _run(1, "CartPole-v1", 480.0)
+    going.summary.clear()  # still training: no summary.json yet
+    assert results.final_value(finished, "eval/return_mean") == 450.0  # from summary.json
+    finished.summary.pop("eval/return_mean")
+    assert results.final_value(finished, "eval/return_mean") == 450.0  # from metrics.csv's last row
+    assert results.final_value(going, "eval/return_mean") is None
+    (group,) = results.collect_groups([finished, going])
+    assert group.scores.tolist() == [450.0]
+
+
 @pytest.mark.slow
 def test_two_seed_sweep_gives_a_table_row_and_a_png(tmp_path):
     sweep = tmp_path / "sweep"
