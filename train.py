@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 import hydra
@@ -30,7 +31,13 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     refuse_unknown_override_keys(sys.argv[1:])  # before Hydra, whose hint for them is a `+key=` typo
-    main()
+    try:
+        main()
+    except BrokenPipeError:
+        # The reader of stdout left (`python train.py --help | head`): stop quietly, as a Unix tool killed by
+        # SIGPIPE would (exit 128 + 13), and point stdout at /dev/null so the exit's flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     # Everything is written. One collection frees the run's cyclic garbage (the trainer, its callbacks and the
     # envs they hold: ale-py's C++ vector env reports itself leaked if it is still alive at exit, ~0.13 s).
     # Interpreter shutdown would then collect the ~400k objects that torch and Lightning keep alive, several

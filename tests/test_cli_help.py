@@ -99,3 +99,13 @@ def test_submitit_local_sweep_leaves_no_empty_dir_and_reports_jobs(tmp_path: Pat
     line = next((ln for ln in out.splitlines() if "#0 seed=0 debug=smoke: eval/return_mean" in ln), None)
     assert line is not None, out
     assert str(logs[0]) in line and str(tmp_path / "0") in line
+
+
+def test_help_into_a_closed_pipe_stops_quietly() -> None:
+    """`python train.py --help | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([PYTHON, "train.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as a Unix tool killed by it
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -88,6 +88,23 @@ def test_lunarlander_without_box2d_names_the_extra(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: env.id=LunarLander-v3 needs Box2D: pip install 'dqnlab[box2d]'"]
 
 
+def test_an_env_kwarg_the_env_does_not_take_is_one_error_line_naming_what_it_takes(tmp_path):
+    from dqnlab.envs import make_vector_env
+
+    proc = subprocess.run(
+        [PYTHON, "train.py", "env=gym", "env.id=CartPole-v1", "+env.kwargs.bogus=1", "debug=smoke",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: env.kwargs.bogus: CartPole-v1 (CartPoleEnv) takes no argument 'bogus'; it takes render_mode, "
+        "sutton_barto_reward. Drop +env.kwargs.bogus or use one of those"
+    ]
+    env = make_vector_env("CartPole-v1", kwargs={"sutton_barto_reward": True, "render_mode": None})  # real ones pass
+    env.close()
+
+
 def test_unknown_gym_id_says_how_to_find_one():
     from dqnlab.envs import EnvConfigError, make_vector_env
 

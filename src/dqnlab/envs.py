@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,37 @@ def _check_extra(env_id: str) -> None:
             raise MissingExtraError(f"env.id={env_id} needs {package}: pip install 'dqnlab[{extra}]'")
 
 
+# Keyword arguments that gym.make (and make_vec) take itself, whatever the env's constructor takes.
+_MAKE_KWARGS = {"max_episode_steps", "autoreset", "apply_api_compatibility", "disable_env_checker", "render_mode"}
+
+
+def _check_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`EnvConfigError` for an ``env.kwargs`` key that ``env_id``'s constructor does not take.
+
+    Checked before ``gym.make``, whose TypeError comes out of the env's constructor as a traceback. A constructor
+    that takes ``**kwargs`` accepts anything, so nothing is checked then.
+    """
+    unknown = set(kwargs) - _MAKE_KWARGS
+    if not unknown:
+        return
+    try:
+        creator = gym.envs.registration.load_env_creator(gym.registry[env_id].entry_point)
+        params = inspect.signature(creator).parameters
+    except (TypeError, ValueError, ImportError, AttributeError):  # a builtin or an entry point not loadable here
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = sorted(name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    unknown -= set(takes)
+    if unknown:
+        key = sorted(unknown)[0]
+        name = getattr(creator, "__name__", str(creator))
+        raise EnvConfigError(
+            f"env.kwargs.{key}: {env_id} ({name}) takes no argument {key!r}; it takes "
+            f"{', '.join(takes) or 'none'}. Drop +env.kwargs.{key} or use one of those"
+        )
+
+
 def _importable(package: str) -> bool:
     try:
         return importlib.util.find_spec(package) is not None
@@ -92,6 +124,7 @@ def make_vector_env(
     _check_id(id)
     _check_extra(id)
     make_kwargs = dict(kwargs or {})
+    _check_kwargs(id, make_kwargs)
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = max_episode_steps
     env = gym.make_vec(
