@@ -164,8 +164,13 @@ def test_epsilon_follows_the_env_step_schedule(make_cfg):
 
 
 @pytest.mark.slow
-def test_default_config_learns_cartpole(make_cfg):
-    summary = run(make_cfg("progress_bar=false"))
+def test_default_config_learns_cartpole(tmp_path):
+    """`python train.py` as a new user types it: the defaults, progress bar included, solve CartPole."""
+    proc = subprocess.run(
+        [PYTHON, "train.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["eval/episodes"] >= 20
     assert summary["eval/return_mean"] >= 475, summary
 
