@@ -49,6 +49,7 @@ def bare_minatar_loop(cfg: Any, update_only: int = 0) -> dict[str, float]:
     run; no evaluation, logging or checkpoints. With ``update_only`` it then times that many more updates on the
     filled replay, with no env step between them.
     """
+    from benchmark import ramp_env_steps  # lazily: benchmark.py imports this module
     from hydra.utils import instantiate
 
     from dqnlab.networks import build_network
@@ -74,7 +75,7 @@ def bare_minatar_loop(cfg: Any, update_only: int = 0) -> dict[str, float]:
     obs, _ = env.reset(seed=cfg.seed)
     last_done = np.zeros(n, bool)
     env_steps, updates, phases = 0, 0, 0
-    decay = max(col.exploration_fraction * cfg.env_steps, 1)
+    decay = max(ramp_env_steps(cfg), 1)
 
     def draw() -> tuple[torch.Tensor, ...]:
         idx = torch.randint(size, (algo.batch_size,))

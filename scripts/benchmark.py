@@ -83,7 +83,7 @@ def bare_loop(cfg) -> dict[str, float]:
     obs, _ = env.reset(seed=cfg.seed)
     last_done = np.zeros(n, bool)
     env_steps, updates, phases = 0, 0, 0
-    decay = col.exploration_fraction * cfg.env_steps
+    decay = max(ramp_env_steps(cfg), 1)
     t_fit = time.perf_counter()
     while env_steps < cfg.env_steps:
         eps = max(col.epsilon_end, 1.0 + (col.epsilon_end - 1.0) * env_steps / decay)
@@ -135,6 +135,13 @@ def bare_loop(cfg) -> dict[str, float]:
     fit_s = time.perf_counter() - t_fit
     env.close()
     return {"fit_s": fit_s, "env_steps": env_steps, "updates": updates}
+
+
+def ramp_env_steps(cfg) -> float:
+    """The epsilon ramp's length in env steps, as the collector reads it (``exploration_steps`` wins)."""
+    col = cfg.collector
+    steps = col.get("exploration_steps")
+    return float(steps) if steps is not None else col.exploration_fraction * cfg.env_steps
 
 
 def dqnlab_loop(cfg) -> dict[str, float]:

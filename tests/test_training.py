@@ -161,6 +161,11 @@ def test_epsilon_follows_the_env_step_schedule(make_cfg):
         c.env_steps = steps
         assert c.epsilon == pytest.approx(eps)
     parts.close()
+    # A ramp in env steps replaces the fraction and does not follow env_steps.
+    for env_steps in (1000, 4000):
+        parts = build(make_cfg("debug=smoke", f"env_steps={env_steps}", "collector.exploration_steps=200"))
+        assert parts.collector.epsilon_decay_env_steps == 200
+        parts.close()
 
 
 @pytest.mark.slow

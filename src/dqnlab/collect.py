@@ -106,6 +106,8 @@ class EnvStepper(Callback):
         epsilon_start: Epsilon at env step 0.
         epsilon_end: Epsilon after the ramp.
         exploration_fraction: Length of the linear ramp as a fraction of ``total_env_steps``.
+        exploration_steps: Length of the ramp in env steps; set, it replaces ``exploration_fraction`` (a paper's
+            ramp stays the same when the run's length changes).
         log_every: Env steps between logged rows of rollout/train/perf metrics.
         seed: Seed for the env reset and the exploration RNG.
         async_envs: Overlap env stepping with the updates: after storing a vector step, choose and send the
@@ -127,6 +129,7 @@ class EnvStepper(Callback):
         epsilon_start: float = 1.0,
         epsilon_end: float = 0.05,
         exploration_fraction: float = 0.1,
+        exploration_steps: int | None = None,
         log_every: int = 1000,
         seed: int = 0,
         async_envs: bool | str = "auto",
@@ -146,7 +149,9 @@ class EnvStepper(Callback):
         self.gradient_steps = int(gradient_steps)
         self.epsilon_start = float(epsilon_start)
         self.epsilon_end = float(epsilon_end)
-        self.epsilon_decay_env_steps = int(exploration_fraction * total_env_steps)
+        self.epsilon_decay_env_steps = (
+            int(exploration_steps) if exploration_steps is not None else int(exploration_fraction * total_env_steps)
+        )
         self.log_every = int(log_every)
         self.seed = int(seed)
         self.rng = np.random.default_rng(seed)

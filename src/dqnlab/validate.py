@@ -134,6 +134,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("collector.epsilon_start", float, "the exploration rate at env step 0", "1.0", **_PROB),
     Knob("collector.epsilon_end", float, "the exploration rate after the ramp", "0.05", **_PROB),
     Knob("collector.exploration_fraction", float, "the ramp length as a fraction of env_steps", "0.1", **_PROB),
+    Knob("collector.exploration_steps", int, "the ramp length in env steps", "100_000", low=0, nullable=True),
     Knob("collector.log_every", int, "env steps between logged rows", "1_000", low=1),
     Knob("target.interval", int, "gradient steps between target syncs", "1_000", low=1),
     Knob("target.tau", float, "the target blend weight (1 = copy)", "1.0", low=0.0, high=1.0, low_open=True),
