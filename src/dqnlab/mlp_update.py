@@ -7,9 +7,9 @@ with autograd, 690 us with this function, measured side by side under load). The
 ``Linear -> ReLU -> ... -> Linear`` is a handful of matrix products, so :class:`~dqnlab.module.DQNModule` uses
 this instead of autograd whenever the Q-network is such an MLP, or MinAtar's network (one unpadded conv layer,
 ReLU, then such an MLP; :func:`plain_relu_layers`). The conv layer is one batched matrix product over the
-input's patches, gathered by one ``index_select`` (``torch.nn.functional.unfold`` loops over the batch and costs several
-times more at MinAtar's 10x10 grids). Every other network goes through autograd. ``tests/test_mlp_update.py``
-checks the loss, TD errors and every gradient against autograd.
+input's patches, gathered by one ``index_select`` (``torch.nn.functional.unfold`` loops over the batch and costs
+several times more at MinAtar's 10x10 grids). Every other network goes through autograd.
+``tests/test_mlp_update.py`` checks the loss, TD errors and every gradient against autograd.
 """
 
 from __future__ import annotations
