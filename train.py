@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -30,7 +31,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    refuse_unknown_override_keys(sys.argv[1:])  # before Hydra, whose hint for them is a `+key=` typo
+    # Before Hydra, whose hint for a misspelled key is a `+key=` that adds a key nothing reads.
+    refuse_unknown_override_keys(sys.argv[1:], conf_dir=Path(__file__).parent / "conf")
     try:
         main()
     except BrokenPipeError:

@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from dqnlab.conf_keys import unknown_group_key
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
 from dqnlab.slurm import check_slurm_launcher
 
@@ -252,21 +253,33 @@ _FLAGS_WITH_VALUE = frozenset(
         "--experimental-rerun",
     ]
 )
+# Flags that give Hydra other config files, whose groups may hold keys dqnlab's conf/ does not.
+_CONFIG_SOURCE_FLAGS = frozenset(["--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"])
 
 
-def refuse_unknown_override_keys(argv: list[str]) -> None:
+def refuse_unknown_override_keys(argv: list[str], conf_dir: Path | None = None) -> None:
     """``optimzer.lr=1e-3``: Hydra's own message suggests ``+optimzer.lr=1e-3``, which would add a key nothing
     reads; name the key dqnlab has instead (exit status 2), keeping Hydra's words in the message.
+
+    With ``conf_dir`` (dqnlab's ``conf/``), ``optimizer.lrr=1`` too: a second-level key that no file there gives
+    its group (:mod:`dqnlab.conf_keys`); skipped when the command line points Hydra at other config files.
     """
+    if conf_dir is not None and any(arg.split("=")[0] in _CONFIG_SOURCE_FLAGS for arg in argv):
+        conf_dir = None  # the user's own config files may give a group any key
     skip = False
     for arg in argv:
         if skip or arg.startswith("-"):
             skip = not skip and arg in _FLAGS_WITH_VALUE
             continue
         match = re.match(r"([A-Za-z_][\w./@-]*)=", arg)  # plain `key=value`; `+key=`/`~key` are checked in run()
-        problem = match and unknown_top_level_key(match.group(1).replace("/", ".").split("@")[0])
+        if not match:
+            continue
+        key = match.group(1)
+        problem = unknown_top_level_key(key.replace("/", ".").split("@")[0])
+        if not problem and conf_dir is not None and "/" not in key and "@" not in key:
+            problem = unknown_group_key(key, str(conf_dir), GROUPS)
         if problem:
-            print(f"error: {arg}: {problem} (Hydra: Could not override {match.group(1)!r})", file=sys.stderr)
+            print(f"error: {arg}: {problem} (Hydra: Could not override {key!r})", file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
 
 

@@ -1,0 +1,92 @@
+"""A misspelled ``group.key=`` is refused before Hydra starts; no key a composed config holds ever is."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from dqnlab.conf_keys import group_keys, unknown_group_key
+from dqnlab.errors import EXIT_CONFIG_ERROR
+from dqnlab.validate import GROUPS
+from tests.conftest import CONF_DIR, PYTHON, ROOT, compose_cfg
+
+ENVS = sorted(p.stem for p in (Path(CONF_DIR) / "env").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def _second_level_keys(cfg: DictConfig) -> list[str]:
+    return [f"{g}.{k}" for g in GROUPS if isinstance(cfg.get(g), DictConfig) for k in cfg[g]]
+
+
+@pytest.mark.parametrize("overrides", [[f"env={e}"] for e in ENVS] + [[f"experiment={x}"] for x in EXPERIMENTS])
+def test_every_key_of_a_composed_config_is_accepted(tmp_path, overrides):
+    # The check must be a superset of what Hydra accepts: a false "not a dqnlab setting" would block a real run.
+    keys = _second_level_keys(compose_cfg(overrides, tmp_path))
+    assert len(keys) > 40
+    assert [k for k in keys if unknown_group_key(k, CONF_DIR, GROUPS)] == []
+
+
+def test_keys_come_from_group_files_and_global_files(tmp_path):
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "sgd.yaml").write_text("_target_: torch.optim.SGD\nlr: 0.1\n")
+    (tmp_path / "experiment").mkdir()  # a global group: its top-level keys are the groups
+    (tmp_path / "experiment" / "x.yaml").write_text("optimizer:\n  nesterov: true\nseed: 1\n")
+    (tmp_path / "env").mkdir()  # a group file that declares itself global
+    (tmp_path / "env" / "y.yaml").write_text("# @package _global_\noptimizer:\n  dampening: 0.5\n")
+    assert group_keys(str(tmp_path), ("optimizer", "env", "experiment"))["optimizer"] == {
+        "_target_",
+        "lr",
+        "nesterov",
+        "dampening",
+    }
+    groups = ("optimizer", "env", "experiment")
+    assert unknown_group_key("optimizer.nesterov", str(tmp_path), groups) is None
+    assert "did you mean optimizer.lr?" in unknown_group_key("optimizer.lrr", str(tmp_path), groups)
+    no_match = unknown_group_key("optimizer.zzz", str(tmp_path), groups)
+    assert "the optimizer keys in conf/ are dampening, lr, nesterov" in no_match
+    assert unknown_group_key("seed.x", str(tmp_path), groups) is None  # not a group: other checks cover it
+    assert unknown_group_key("env.anything", str(tmp_path), groups) is None  # no file gives env a key: no opinion
+
+
+NESTED_TYPOS = [
+    # (command-line arguments, the did-you-mean it must name): each used to get Hydra's five-line hint, exit 1
+    (["optimizer.lrr=1e-3"], "did you mean optimizer.lr?"),
+    (["network.hiden_sizes=[64,64]"], "did you mean network.hidden_sizes?"),
+    (["env=minatar", "env.gam=breakout"], "did you mean env.game?"),
+    (["-m", "collector.train_frq=1,4"], "did you mean collector.train_freq?"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "hint"), NESTED_TYPOS, ids=[" ".join(a) for a, _ in NESTED_TYPOS])
+def test_cli_refuses_a_misspelled_group_key_with_a_close_match(tmp_path, args, hint):
+    proc = subprocess.run(
+        [PYTHON, "train.py", *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # the defaults, no smoke
+    assert proc.returncode == EXIT_CONFIG_ERROR, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: ") and hint in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_cli_leaves_a_users_own_config_dir_to_hydra(tmp_path):
+    # With --config-dir the user's files may give a group keys dqnlab's conf/ does not: Hydra decides.
+    (tmp_path / "optimizer").mkdir()
+    (tmp_path / "optimizer" / "sgd.yaml").write_text("_target_: torch.optim.SGD\n_partial_: true\nnesterov: false\n")
+    proc = subprocess.run(
+        [PYTHON, "train.py", "--config-dir", str(tmp_path), "optimizer=sgd", "optimizer.nesterov=true", "--cfg", "job"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "nesterov: true" in proc.stdout
