@@ -63,8 +63,11 @@ class Case(NamedTuple):
 
 
 CLI_CASES: dict[str, Case] = {
+    # A misspelled group key is refused before Hydra starts (dqnlab.conf_keys), not with Hydra's `+key=` hint.
+    "misspelled_override": Case(
+        ["collector.learnin_starts=3"], 2, ["collector.learnin_starts", "did you mean collector.learning_starts"]
+    ),
     # Hydra's own composition errors: clear enough, and they exit before any dqnlab code runs.
-    "misspelled_override": Case(["collector.learnin_starts=3"], 1, ["collector.learnin_starts", "not in struct"]),
     "unknown_group_option": Case(["network=nature_cnnn"], 1, ["network/nature_cnnn", "nature_cnn"]),
     # A misspelled key Hydra lets through (`+key=`, or a typo in an experiment file): the target does not take it.
     "misspelled_appended_key": Case(
