@@ -20,11 +20,10 @@ _GLOBAL_GROUPS = ("debug", "experiment", "hparams", "hparams_search")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
 
 
-def _is_global(path: Path, group: str) -> bool:
-    if group in _GLOBAL_GROUPS:
-        return True
-    with path.open() as file:
-        return any(line.strip().replace(" ", "") == "#@package_global_" for line in file if line.startswith("#"))
+def _is_global(text: str, group: str) -> bool:
+    """Whether a group's file (its ``text``) is merged at the top level rather than under ``group``."""
+    comments = (line.replace(" ", "") for line in text.splitlines() if line.startswith("#"))
+    return group in _GLOBAL_GROUPS or "#@package_global_" in comments
 
 
 @cache
@@ -45,10 +44,11 @@ def group_keys(conf_dir: str, groups: tuple[str, ...]) -> dict[str, frozenset[st
         group = path.parent.name if path.parent != root else ""
         if group and group not in keys:
             continue  # conf/hydra/*: Hydra's own config, not checked here
-        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+        text = path.read_text()
+        data = yaml.load(text, Loader=_Loader) or {}
         if not isinstance(data, dict):
             continue
-        if group and not _is_global(path, group):
+        if group and not _is_global(text, group):
             keys[group].update(str(key) for key in data if key != "defaults")
             continue
         for head, value in data.items():
