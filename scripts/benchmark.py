@@ -6,6 +6,7 @@
     python scripts/benchmark.py atari-gpu                 # Breakout on a GPU: eager vs CUDA graphs, num_envs
     python scripts/benchmark.py peers                     # Stable-Baselines3 DQN vs dqnlab, same settings
     python scripts/benchmark.py zoo                       # dqnlab presets vs SB3 with RL Zoo's hyperparameters
+    python scripts/benchmark.py update-floor              # one MLP update's cost and its matrix products alone
     python scripts/benchmark.py cartpole-cpu --append     # also append the table to docs/benchmarks.md
 
 Each suite prints a table and one JSON line (``{"suite": ..., ...}``); ``--quick`` runs tiny sizes (tests).
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from bench_minatar import suite_minatar_cpu  # scripts/bench_minatar.py (scripts/ is on sys.path when run)
+from bench_floor import suite_update_floor  # scripts/bench_floor.py (scripts/ is on sys.path when run)
+from bench_minatar import suite_minatar_cpu  # scripts/bench_minatar.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `tests.conftest`-free config composition below, not for the package
@@ -681,6 +683,7 @@ SUITES = {
     "zoo": suite_zoo,
     "zoo-worker": suite_zoo_worker,
     "minatar-cpu": suite_minatar_cpu,
+    "update-floor": suite_update_floor,
 }
 
 

@@ -11,7 +11,9 @@ from tests.conftest import PYTHON, ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo"])
+@pytest.mark.parametrize(
+    "suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo", "update-floor"]
+)
 def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
     cmd = [PYTHON, "scripts/benchmark.py", suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -35,5 +37,13 @@ def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
         assert sorted(p.name for p in (tmp_path / "mountaincar").iterdir()) == ["dqnlab_seed0.json", "sb3_seed0.json"]
         again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert json.loads(again.stdout.strip().splitlines()[-1])["results"] == result["results"]
+    if suite == "update-floor":  # Acrobot's preset by default: 6 inputs, 256-256, 3 actions, batch 128
+        assert result["sizes"] == [6, 256, 256, 3] and result["batch"] == 128
+        rows = {(r["what"], r["dtype"], r["threads"]): r for r in result["results"]}
+        assert len(rows) == 6 and all(r["us"] > 0 for r in rows.values())
+        # FLOPs of the products: 2 forwards and the weight gradients of 67,840 MACs a row, input gradients of
+        # the 256-256 and 256-3 layers, 2 FLOPs a MAC, 128 rows.
+        fp32 = rows[("matmuls", "float32", 1)]
+        assert fp32["gflops"] * fp32["us"] * 1e3 == pytest.approx(2 * 128 * (3 * 67_840 + 66_304))
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0
