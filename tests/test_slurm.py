@@ -28,8 +28,10 @@ from tests.test_workflow import _env, _metric_rows, _same
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 SLURMCTLD = shutil.which("slurmctld") or shutil.which("slurmctld", path="/usr/sbin:/usr/local/sbin")
-# Slow enough per env step (one update per env step) that a signal lands mid-training; ~2 s of training.
-LONG = ["debug=smoke", "env_steps=1000", "collector.train_freq=1", "checkpoint.every=100"]
+# Slow enough per env step (one update per env step) that a signal lands mid-training: ~4 s of training, most
+# of it after the first checkpoint (1,000 env steps, ~1 s, let a requeue under the full test run's load land
+# after the job had finished).
+LONG = ["debug=smoke", "env_steps=4000", "collector.train_freq=1", "checkpoint.every=200"]
 # dqnlab's launcher sized for this node: CPU only, one core and 1 GB per job.
 SLURM = [
     "hydra/launcher=slurm",
