@@ -68,21 +68,22 @@ def _dqnlab_update(obs_dim: int, actions: int, hidden: list[int], batch: int) ->
     """The hand-written one-step update of dqnlab (Huber) plus a fused Adam step, on random data."""
     from dqnlab.mlp_update import mlp_td_grads, plain_relu_layers
     from dqnlab.networks import MLP
+    from dqnlab.optim_step import fast_step
 
     torch.manual_seed(0)
     online, target = MLP((obs_dim,), actions, hidden), MLP((obs_dim,), actions, hidden)
     layers_on, layers_tg = plain_relu_layers(online), plain_relu_layers(target)
     params = list(online.parameters())
-    opt = torch.optim.Adam(params, lr=1e-4, fused=True)
+    step = fast_step(torch.optim.Adam(params, lr=1e-4, fused=True))  # the step DQNModule takes
     obs, nxt = torch.randn(batch, obs_dim), torch.randn(batch, obs_dim)
     acts, rewards = torch.randint(actions, (batch,)), -torch.ones(batch)
     term, disc = torch.zeros(batch, dtype=torch.bool), torch.full((batch,), 0.99)
 
     def update() -> None:
         out = mlp_td_grads(layers_on, layers_tg, obs, acts, rewards, nxt, term, disc, None, "huber", False)
-        for p, g in zip(params, out.grads):
+        for p, g in zip(params, out.grads, strict=True):
             p.grad = g
-        opt.step()
+        step()
 
     return update
 
