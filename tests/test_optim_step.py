@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from dqnlab.optim_step import FlatRMSpropStep, FusedAdamStep, fast_step
+from dqnlab.optim_step import FlatRMSpropStep, FusedAdamStep, clip_grad_norm_, fast_step
 
 
 def _twins(opt_cls: type[torch.optim.Optimizer], **kw: object) -> tuple[nn.Module, nn.Module, list, list]:
@@ -134,3 +135,32 @@ def test_other_rmsprop_settings_take_optimizer_step(kw):
     _, _, opt, _ = _twins(torch.optim.RMSprop, lr=1e-2, **kw)
     assert fast_step(opt) == opt.step
     assert not FlatRMSpropStep(opt).applies
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 100.0, float("nan"), float("inf")])
+def test_clip_grad_norm_is_torch_bit_for_bit(scale):
+    """Below, at and above the limit, and with a non-finite gradient: the same norm arithmetic as torch's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 3))
+    grads = [torch.randn_like(p) * (scale if math.isfinite(scale) else 1.0) for p in net.parameters()]
+    if not math.isfinite(scale):
+        grads[2][3, 4] = scale
+    ours, theirs = net, copy.deepcopy(net)
+    for a, b, g in zip(ours.parameters(), theirs.parameters(), grads, strict=True):
+        a.grad, b.grad = g.clone(), g.clone()
+    clip_grad_norm_(list(ours.parameters()), 10.0)
+    nn.utils.clip_grad_norm_(list(theirs.parameters()), 10.0)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, equal_nan=True)  # bit for bit
+    if math.isfinite(scale):
+        norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours.parameters()]))
+        assert norm <= 10.0 + 1e-3  # and clipping happened where it should (the test can fail)
+        assert (norm > 9.99) == (scale >= 1.0)
+
+
+def test_clip_grad_norm_with_mixed_dtypes_takes_torchs_function():
+    """Gradients of two dtypes are torch's to group: the result is still torch's."""
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3, dtype=torch.float64))
+    a.grad, b.grad = torch.full((3,), 20.0), torch.full((3,), 20.0, dtype=torch.float64)
+    clip_grad_norm_([a, b], 1.0)
+    assert abs(float(torch.cat([a.grad.double(), b.grad]).norm()) - 1.0) < 1e-5

@@ -16,7 +16,7 @@ from dqnlab.errors import ConfigError
 from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.networks import noisy_layers, resample_noise
-from dqnlab.optim_step import FlatRMSpropStep, fast_step
+from dqnlab.optim_step import FlatRMSpropStep, clip_grad_norm_, fast_step
 from dqnlab.replay import Batch, ReplayBuffer, ReplayDataset
 from dqnlab.rl_math import categorical_loss, categorical_td_target, dqn_loss, expected_q, td_target
 
@@ -304,7 +304,7 @@ class DQNModule(pl.LightningModule):
         params = [p for p in self._online_params if p.grad is not None]
         grads = [p.grad for p in params]
         if self.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(params, self.max_grad_norm)  # a non-finite norm makes every gradient NaN
+            clip_grad_norm_(params, self.max_grad_norm)  # torch's, exactly; a non-finite norm makes every grad NaN
         # One fused kernel checks the gradients, the loss and Q together: AMP's GradScaler check (CPU and CUDA,
         # torch >= 2.3) with a scale of 1, which sets found_inf to 1 if any value is inf or NaN. It runs every
         # step, so it must be cheap: a norm-based check costs ten times more on the CPU.

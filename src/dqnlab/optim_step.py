@@ -233,6 +233,30 @@ class FlatRMSpropStep:
         torch._foreach_addcdiv_(self._params, grads, self._avg_views, value=-lr)
 
 
+def clip_grad_norm_(params: list[Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)``, bit for bit, without its per-call Python.
+
+    torch's function groups the gradients by device and dtype and checks foreach support at every call (about
+    30 us of its 85 us for a 6-256-256-3 MLP on one CPU core). When every parameter has a gradient and they all
+    share one CPU or CUDA device and one floating dtype, this makes torch's four calls directly; anything else
+    goes through torch's function.
+    """
+    grads = [p.grad for p in params]
+    first = grads[0] if grads else None
+    if (
+        first is None
+        or first.device.type not in ("cpu", "cuda")
+        or not first.is_floating_point()
+        or any(type(g) is not Tensor or g.device != first.device or g.dtype != first.dtype for g in grads)
+    ):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+    # torch's _clip_grads_with_norm_ expressions, so the same ops: a non-finite norm makes every gradient NaN.
+    clip_coef = float(max_norm) / (total_norm + 1e-6)
+    torch._foreach_mul_(grads, torch.clamp(clip_coef, max=1.0))
+
+
 def fast_step(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """The fastest exact step for ``optimizer``: :class:`FusedAdamStep`, :class:`FlatRMSpropStep` or ``step``."""
     for cls in (FusedAdamStep, FlatRMSpropStep):
