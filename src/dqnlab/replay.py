@@ -205,6 +205,7 @@ class ReplayBuffer:
         self.bounds = torch.zeros(3, dtype=torch.int64, device=dev)
         self._ones = torch.ones(0, device=dev)
         self._gammas = torch.ones(0, device=dev)  # one-step discounts of a batch, cached like _ones
+        self._window = torch.arange(n_step + 1, device=dev)  # offsets of an n-step window's slots
         # Numpy views of host storage: writes of one vector step go through them (see _put).
         names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring", "bounds")
         self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
@@ -413,18 +414,22 @@ class ReplayBuffer:
     def _n_step_returns(self, idx: Tensor) -> NStepReturn:
         """The n-step returns of the transitions at flat indices ``idx`` (see the module docstring)."""
         n = self.num_envs
-        slots, envs = idx // n, idx % n
-        steps = torch.arange(self.n_step, device=self.device)
-        win = (slots[:, None] + steps[None, :]) % self.slots  # [B, n_step] slots of the summed steps
-        flat = win * n + envs[:, None]
+        window = self._window  # arange(n_step + 1): the summed steps and the slot after the last one
+        if n == 1:  # flat index = slot: a third of the ops (this runs at every update of an n-step run)
+            slots = idx
+            flat = (slots[:, None] + window[None, :]) % self.slots  # [B, n_step + 1]
+        else:
+            slots, envs = idx // n, idx % n
+            flat = ((slots[:, None] + window[None, :]) % self.slots) * n + envs[:, None]
+        steps, summed = window[:-1], flat[:, :-1]
         rows = self._flat
-        next_first = rows.first[((win + 1) % self.slots) * n + envs[:, None]]
+        next_first = rows.first[flat[:, 1:]]
         # Step k's next observation is stored when slot t + k + 1 is not past the newest slot (self.pos).
         stored = steps[None, :] < ((self.bounds[2] - slots) % self.slots)[:, None]
         return n_step_returns(
-            rows.rewards[flat],
-            rows.terminated[flat],
-            rows.truncated[flat],
+            rows.rewards[summed],
+            rows.terminated[summed],
+            rows.truncated[summed],
             stored & ~next_first,
             self.gamma,
         )
