@@ -7,6 +7,7 @@
     python scripts/benchmark.py peers                     # Stable-Baselines3 DQN vs dqnlab, same settings
     python scripts/benchmark.py zoo                       # dqnlab presets vs SB3 with RL Zoo's hyperparameters
     python scripts/benchmark.py update-floor              # one MLP update's cost and its matrix products alone
+    python scripts/benchmark.py zoo-split --envs acrobot  # where a zoo run's time goes, dqnlab and SB3
     python scripts/benchmark.py cartpole-cpu --append     # also append the table to docs/benchmarks.md
 
 Each suite prints a table and one JSON line (``{"suite": ..., ...}``); ``--quick`` runs tiny sizes (tests).
@@ -31,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 from bench_floor import suite_update_floor  # scripts/bench_floor.py (scripts/ is on sys.path when run)
 from bench_minatar import suite_minatar_cpu  # scripts/bench_minatar.py
+from bench_split import suite_zoo_split  # scripts/bench_split.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for `tests.conftest`-free config composition below, not for the package
@@ -530,14 +532,20 @@ def greedy_returns(env_id: str, act, episodes: int, seed: int, max_episode_steps
     return returns
 
 
-def sb3_zoo_run(name: str, seed: int, env_steps: int, episodes: int, quick: bool) -> dict:
-    """One SB3 DQN run with RL Zoo's hyperparameters, then the same final evaluation protocol as dqnlab's."""
+def _sb3_dqn():
+    """Stable-Baselines3's DQN class, or exit with the extra to install."""
     try:
         from stable_baselines3 import DQN
     except ImportError as err:
         raise SystemExit(f"zoo needs Stable-Baselines3: pip install 'dqnlab[bench]' ({err})") from err
+    return DQN
+
+
+def sb3_zoo_model(name: str, seed: int, quick: bool):
+    """SB3's DQN with RL Zoo's hyperparameters for ``name`` on a new env (one torch thread), and its episode cap."""
     import gymnasium as gym
 
+    DQN = _sb3_dqn()
     torch.set_num_threads(1)  # dqnlab's torch_threads default: both frameworks alike
     env_id, hp = ZOO_DQN[name]
     hp = dict(hp)
@@ -545,9 +553,17 @@ def sb3_zoo_run(name: str, seed: int, env_steps: int, episodes: int, quick: bool
     limit = 100 if quick else None
     if quick:
         hp.update(learning_starts=200, buffer_size=2_000)
-    t0 = time.perf_counter()
     env = gym.make(env_id, **({"max_episode_steps": limit} if limit else {}))
     model = DQN("MlpPolicy", env, policy_kwargs={"net_arch": net_arch}, seed=seed, device="cpu", verbose=0, **hp)
+    return model, env, limit
+
+
+def sb3_zoo_run(name: str, seed: int, env_steps: int, episodes: int, quick: bool) -> dict:
+    """One SB3 DQN run with RL Zoo's hyperparameters, then the same final evaluation protocol as dqnlab's."""
+    _sb3_dqn()  # imported before the clock starts
+    t0 = time.perf_counter()
+    model, env, limit = sb3_zoo_model(name, seed, quick)
+    env_id = ZOO_DQN[name][0]
     model.learn(total_timesteps=env_steps)
     fit_s = time.perf_counter() - t0
 
@@ -684,6 +700,7 @@ SUITES = {
     "zoo-worker": suite_zoo_worker,
     "minatar-cpu": suite_minatar_cpu,
     "update-floor": suite_update_floor,
+    "zoo-split": suite_zoo_split,
 }
 
 
@@ -692,12 +709,16 @@ def main() -> None:
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the composed config")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (used by the tests)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="cartpole-solve/zoo: the seeds to run (default 0-4)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="cartpole-solve/zoo: the seeds to run (default 0-4); zoo-split: its seed"
+    )
     parser.add_argument("--episodes", type=int, default=20, help="zoo-worker: final greedy episodes")
     parser.add_argument("--append", action="store_true", help="append the result to docs/benchmarks.md")
     parser.add_argument("--out", help="zoo: keep each run's record in this dir and skip runs already recorded there")
     parser.add_argument(
-        "--envs", nargs="+", help=f"atari-gpu/peers: num_envs (default 8 16 32); zoo: env names of {sorted(ZOO_DQN)}"
+        "--envs",
+        nargs="+",
+        help=f"atari-gpu/peers: num_envs (default 8 16 32); zoo, zoo-split: env names of {sorted(ZOO_DQN)}",
     )
     parser.add_argument("--steps", type=int, default=60_000, help="atari-gpu/peers: dqnlab env steps timed")
     parser.add_argument("--sb3-steps", type=int, default=4_000, help="peers: SB3 env steps timed")

@@ -12,7 +12,8 @@ from tests.conftest import PYTHON, ROOT
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "suite", ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo", "update-floor"]
+    "suite",
+    ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo", "update-floor", "zoo-split"],
 )
 def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
     cmd = [PYTHON, "scripts/benchmark.py", suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
@@ -45,5 +46,14 @@ def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
         # the 256-256 and 256-3 layers, 2 FLOPs a MAC, 128 rows.
         fp32 = rows[("matmuls", "float32", 1)]
         assert fp32["gflops"] * fp32["us"] * 1e3 == pytest.approx(2 * 128 * (3 * 67_840 + 66_304))
+    if suite == "zoo-split":  # one tiny MountainCar run of each framework, its time split by part
+        dq, sb3 = result["results"]["mountaincar"]["dqnlab"], result["results"]["mountaincar"]["sb3"]
+        assert dq["gradient_steps"] > 0 and sb3["gradient_steps"] > 0
+        # The parts nest: a gradient step's products and its clipping/Adam are inside the update, and the
+        # update and the env stepping are inside the run.
+        assert 0 < dq["grads"] < dq["grads"] + dq["clip_adam"] < dq["update"] < dq["wall"]
+        assert 0 < dq["env"] < dq["wall"] - dq["update"]
+        assert 0 < sb3["draw"] < sb3["update"] < sb3["wall"]
+        assert sb3["env"] == pytest.approx(sb3["wall"] - sb3["update"])
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0
