@@ -1,7 +1,7 @@
 """The ``zoo-split`` suite: where a zoo run's time goes, per gradient step, in dqnlab and in Stable-Baselines3.
 
-    python scripts/benchmark.py zoo-split --envs acrobot env_steps=30000
-    python scripts/benchmark.py zoo-split --envs mountaincar env_steps=40000
+    python scripts/benchmark.py zoo-split env_steps=30000 --envs acrobot      # overrides before --envs
+    python scripts/benchmark.py zoo-split env_steps=40000 --envs mountaincar
 
 Both frameworks run in this process, one after the other, on the preset (dqnlab) and RL Zoo's hyperparameters
 (SB3) of each env, for the composed ``env_steps``. ``time.perf_counter`` timers wrap the functions a gradient
