@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, settings = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
-    from dqnlab.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
+    from dqnlab.share.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
 
     try:
         agent = load_agent(checkpoint, device=settings.pop("device", "cpu"))

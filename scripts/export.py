@@ -2,7 +2,7 @@
 
 Writes an agent file: the online network's weights as safetensors, with the env and network config, the dqnlab
 version and the env steps trained as plain JSON in its header; no pickle, no replay buffer, no optimizer. Playing
-it (``python scripts/evaluate.py <agent file>``) runs no code from the file (see ``dqnlab.agent_file``).
+it (``python scripts/evaluate.py <agent file>``) runs no code from the file (see ``dqnlab.share.agent_file``).
 
 A run dir exports its ``checkpoints/last.ckpt`` (the final network, or with ``eval.keep_best`` the kept one).
 ``out`` defaults to ``<run dir>/agent.safetensors`` (``agent_<checkpoint name>.safetensors`` for another
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from omegaconf import OmegaConf  # torch loads after the arguments are known good
 
-    from dqnlab.agent_file import write_agent_file
     from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
-    from dqnlab.playback import read_checkpoint
+    from dqnlab.share.agent_file import write_agent_file
+    from dqnlab.share.playback import read_checkpoint
 
     out = args.out or _default_out(ckpt)
     try:

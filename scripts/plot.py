@@ -3,7 +3,7 @@
 Reads each run's ``metrics.csv`` (x = env steps) and ``.hydra/overrides.yaml``, draws one line per override set
 without ``seed`` (mean over seeds, shaded +- one standard deviation; ``--center iqm``: the IQM with its 95%
 bootstrap band) and prints a Markdown table of the final ``eval/return_mean`` (mean +- std over seeds, from
-``summary.json``). Bands of returns are clipped to the env's return range where known. See ``dqnlab.plotting``;
+``summary.json``). Bands of returns are clipped to the env's return range where known. See ``dqnlab.share.plotting``;
 ``scripts/results.py`` gives the final scores with bootstrap confidence intervals.
 """
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--center", choices=["mean", "iqm"], default="mean", help="line over seeds (and its band)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from dqnlab.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
+    from dqnlab.share.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
 
     run_dirs = find_run_dirs(args.dirs)
     if not run_dirs:

@@ -2,13 +2,13 @@
 
 ``[--png curves.png] [--reference ENV_ID=RANDOM:REFERENCE ...]``.
 
-Per group of runs (same overrides apart from ``seed``, grouped as ``dqnlab.plotting`` does), the final greedy
+Per group of runs (same overrides apart from ``seed``, grouped as ``dqnlab.share.plotting`` does), the final greedy
 evaluation (``summary.json`` ``eval/return_mean``) as mean, median and IQM, each with a seeded 95% percentile
 bootstrap CI over runs, the number of runs and the worst seed. When the runs cover several envs, the groups that
 differ only in their env overrides are also aggregated on normalized scores (uniform random = 0, reference = 1;
-defaults in ``dqnlab.stats.ENV_SCORES``, override with ``--reference ENV_ID=RANDOM:REFERENCE``) with a
+defaults in ``dqnlab.share.stats.ENV_SCORES``, override with ``--reference ENV_ID=RANDOM:REFERENCE``) with a
 stratified bootstrap. ``--png`` draws the learning curves: the IQM over seeds with its bootstrap band, one PNG
-per env. The method is rliable's (Agarwal et al. 2021), see ``dqnlab.stats``.
+per env. The method is rliable's (Agarwal et al. 2021), see ``dqnlab.share.stats``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from dqnlab import stats
-from dqnlab.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
+from dqnlab.share import stats
+from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
 
 
 @dataclass

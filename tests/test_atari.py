@@ -16,11 +16,11 @@ import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 from omegaconf import DictConfig, OmegaConf
 
-from dqnlab.atari import make_atari_env
-from dqnlab.collect import EnvStepper
-from dqnlab.envs import EnvConfigError, match_frame_stacking
+from dqnlab.data.collect import EnvStepper
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.envs.atari import make_atari_env
+from dqnlab.envs.vector import EnvConfigError, match_frame_stacking
 from dqnlab.errors import MissingExtraError
-from dqnlab.replay import ReplayBuffer
 
 needs_ale = pytest.mark.atari
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -102,7 +102,7 @@ def test_unknown_game_lists_close_matches(ale: Any) -> None:
     ],
 )
 def test_game_names_resolve_to_rom_ids(ale: Any, name: str, rom: str) -> None:
-    from dqnlab.atari import resolve_game
+    from dqnlab.envs.atari import resolve_game
 
     assert resolve_game(name) == rom
 
@@ -203,7 +203,7 @@ def test_episode_caps_count_agent_steps(ale: Any, backend: str) -> None:
 def test_default_cap_is_108k_frames(ale: Any) -> None:
     import inspect
 
-    from dqnlab.atari import _episode_cap_steps
+    from dqnlab.envs.atari import _episode_cap_steps
 
     default = inspect.signature(make_atari_env).parameters["max_episode_frames"].default
     assert default == 108_000 and _episode_cap_steps(default, None, 4) == 27_000
@@ -398,7 +398,7 @@ def test_breakout_smoke_run_end_to_end_from_the_cli(ale: Any, tmp_path: Path) ->
 @pytest.mark.parametrize("backend", ["ale_vector", "gymnasium"])
 def test_send_then_recv_plays_the_same_game_as_step(ale: Any, backend: str) -> None:
     """The async path (collector.async_envs), native send/recv or a worker thread, gives what step gives."""
-    from dqnlab.collect import EnvPipe
+    from dqnlab.envs.pipe import EnvPipe
 
     kw: dict[str, Any] = {"num_envs": 3, "noop_max": 1, "max_episode_steps": 150, "backend": backend}
     a, b = make_atari_env("breakout", **kw), make_atari_env("breakout", **kw)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from dqnlab.conf_keys import group_keys, unknown_group_key
 from dqnlab.errors import EXIT_CONFIG_ERROR
-from dqnlab.validate import GROUPS
+from dqnlab.run.checks import GROUPS
 from tests.conftest import CONF_DIR, PYTHON, ROOT, compose_cfg
 
 ENVS = sorted(p.stem for p in (Path(CONF_DIR) / "env").glob("*.yaml"))

@@ -62,7 +62,7 @@ def test_option_composes_and_builds(make_cfg, group, option):
         if group != "network":
             overrides.append("network=nature_cnn")
     cfg = make_cfg(*overrides)
-    if cfg.env._target_ == "dqnlab.minatar.make_minatar_env":
+    if cfg.env._target_ == "dqnlab.envs.minatar.make_minatar_env":
         pytest.importorskip("minatar")
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         assert group == "trainer"  # composes; cannot build without a GPU
@@ -89,7 +89,7 @@ def test_lunarlander_without_box2d_names_the_extra(tmp_path):
 
 
 def test_an_env_kwarg_the_env_does_not_take_is_one_error_line_naming_what_it_takes(tmp_path):
-    from dqnlab.envs import make_vector_env
+    from dqnlab.envs.vector import make_vector_env
 
     proc = subprocess.run(
         [PYTHON, "train.py", "env=gym", "env.id=CartPole-v1", "+env.kwargs.bogus=1", "debug=smoke",
@@ -106,7 +106,7 @@ def test_an_env_kwarg_the_env_does_not_take_is_one_error_line_naming_what_it_tak
 
 
 def test_unknown_gym_id_says_how_to_find_one():
-    from dqnlab.envs import EnvConfigError, make_vector_env
+    from dqnlab.envs.vector import EnvConfigError, make_vector_env
 
     with pytest.raises(EnvConfigError, match=r"pprint_registry\(\).*env=<name>.*mountaincar"):
         make_vector_env("NoSuchEnv-v0")

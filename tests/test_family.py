@@ -20,12 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+from dqnlab.data.dataset import Batch
+from dqnlab.data.prioritized import PrioritizedReplayBuffer, SumMinTree
+from dqnlab.data.replay import ReplayBuffer
 from dqnlab.errors import ConfigError
-from dqnlab.module import DQNModule
-from dqnlab.networks import MLP, NatureCNN, NoisyLinear, build_network, noisy_layers, resample_noise
-from dqnlab.prioritized import PrioritizedReplayBuffer, SumMinTree
-from dqnlab.replay import Batch, ReplayBuffer
-from dqnlab.rl_math import categorical_projection, dueling_aggregate, prioritized_weights
+from dqnlab.learn.module import DQNModule
+from dqnlab.learn.networks import MLP, NatureCNN, NoisyLinear, build_network, noisy_layers, resample_noise
+from dqnlab.learn.rl_math import categorical_projection, dueling_aggregate, prioritized_weights
 from dqnlab.train import build, run
 from dqnlab.validate import validate_config
 from tests.conftest import ROOT

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from dqnlab.collect import EnvPipe
-from dqnlab.envs import make_vector_env
-from dqnlab.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate
-from dqnlab.module import DQNModule
-from dqnlab.replay import ReplayBuffer
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.envs.pipe import EnvPipe
+from dqnlab.envs.vector import make_vector_env
+from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate
+from dqnlab.learn.module import DQNModule
 from dqnlab.train import build, run
 from tests.conftest import compose_cfg
 from tests.test_replay import counting_buffer, fill, obs_for
@@ -192,7 +192,7 @@ def test_cuda_graph_true_without_a_gpu_names_the_fix(make_cfg):
 
 # ---------------------------------------------------------------------------------------------- CUDA graphs (GPU only)
 def _gpu_module(cuda_graph: bool, seed: int = 0) -> DQNModule:
-    from dqnlab.networks import MLP
+    from dqnlab.learn.networks import MLP
 
     torch.manual_seed(seed)
     net = MLP((4,), num_actions=3, hidden_sizes=(32, 32))
@@ -288,7 +288,7 @@ def test_graphed_update_without_capture_calls_the_body_every_time():
 
 # ---------------------------------------------------------------------------------- the recorded update's check
 def test_mismatch_is_none_within_tolerance_and_names_what_differs():
-    from dqnlab.graphs import mismatch
+    from dqnlab.learn.fast.graphs import mismatch
 
     a = [torch.ones(3), torch.zeros(2, 2)]
     assert mismatch(a, [torch.ones(3) + 1e-7, torch.zeros(2, 2)]) is None

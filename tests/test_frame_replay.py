@@ -16,7 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqnlab.replay import BufferTooLargeError, ReplayBuffer
+from dqnlab.data.memory import BufferTooLargeError
+from dqnlab.data.replay import ReplayBuffer
 
 # Per-step events of one stream; "step" repeated so that episodes are several steps long on average.
 EVENTS = ("step", "step", "step", "step", "step", "life", "term", "trunc")

@@ -1,7 +1,8 @@
 """Files users already have keep working: a checkpoint and an agent file written before the package had folders.
 
 Their configs name the flat module paths of that time (``dqnlab.networks.MLP``, ``dqnlab.envs.make_vector_env``);
-the loaders map them to today's paths. ``tests/fixtures/legacy_v0/README.md`` says how the files were made.
+the loaders map them to today's paths (``dqnlab/legacy.py``). ``tests/fixtures/legacy_v0/README.md`` says how the
+files were made.
 """
 
 from __future__ import annotations

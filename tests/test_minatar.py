@@ -18,11 +18,11 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dqnlab.envs import EnvConfigError
+from dqnlab.data.prioritized import PrioritizedReplayBuffer
+from dqnlab.envs.minatar import GAMES, env_id, make_minatar_env, resolve_game
+from dqnlab.envs.vector import EnvConfigError
 from dqnlab.errors import ConfigError, MissingExtraError
-from dqnlab.minatar import GAMES, env_id, make_minatar_env, resolve_game
-from dqnlab.networks import DuelingHead, MinAtarCNN, NetworkConfigError, noisy_layers
-from dqnlab.prioritized import PrioritizedReplayBuffer
+from dqnlab.learn.networks import DuelingHead, MinAtarCNN, NetworkConfigError, noisy_layers
 from dqnlab.train import build, run
 from dqnlab.validate import validate_config
 from tests.conftest import PYTHON, ROOT
@@ -160,7 +160,7 @@ def test_replay_holds_one_byte_per_cell_and_the_network_gets_float_channels_firs
         assert buffer.obs[0, 0].numel() * buffer.obs.element_size() == 10 * 10 * 10  # one byte per cell
         seen: list[torch.Tensor] = []
         net.features[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
-        # Acting and updates of the plain network take the hand-written conv (dqnlab.mlp_update): watch it too.
+        # Acting and updates of the plain network take the hand-written conv (learn/fast/mlp_update.py): watch it too.
         stem = parts.module._mlp[0].stem if parts.module._mlp else None
         if stem is not None:
             forward = stem.forward
@@ -229,10 +229,10 @@ def test_family_switch_on_minatar_cnn(minatar: Any, make_cfg: Callable[..., Dict
 def test_paper_preset_is_kenjyoung_dqn_py(make_cfg: Callable[..., DictConfig]) -> None:
     cfg = make_cfg("experiment=minatar_paper")
     expected = {
-        "env._target_": "dqnlab.minatar.make_minatar_env",
+        "env._target_": "dqnlab.envs.minatar.make_minatar_env",
         "env.minimal_action_set": False,
         "env.sticky_action_prob": 0.1,
-        "network._target_": "dqnlab.networks.MinAtarCNN",
+        "network._target_": "dqnlab.learn.networks.MinAtarCNN",
         "optimizer._target_": "torch.optim.RMSprop",
         "optimizer.lr": 2.5e-4,
         "optimizer.alpha": 0.95,
@@ -263,7 +263,7 @@ def test_paper_preset_is_kenjyoung_dqn_py(make_cfg: Callable[..., DictConfig]) -
 
 def test_env_minatar_is_a_complete_run(make_cfg: Callable[..., DictConfig]) -> None:
     cfg = make_cfg("env=minatar")
-    assert cfg.env.game == "breakout" and cfg.network._target_ == "dqnlab.networks.MinAtarCNN"
+    assert cfg.env.game == "breakout" and cfg.network._target_ == "dqnlab.learn.networks.MinAtarCNN"
     assert cfg.collector.learning_starts >= cfg.algo.batch_size and cfg.buffer.capacity == 100_000
     validate_config(cfg)
 
@@ -290,7 +290,7 @@ def test_a_minatar_run_exports_and_its_agent_file_plays(minatar: Any, tmp_path: 
 
 
 def test_the_long_image_run_hint_is_for_atari_frames_not_minatar_grids() -> None:
-    from dqnlab.report import cpu_hint
+    from dqnlab.run.report import cpu_hint
 
     cfg = OmegaConf.create({"env_steps": 5_000_000})
     assert cpu_hint(cfg, (7, 10, 10), "cpu") is None

@@ -1,4 +1,4 @@
-"""The hand-written update (dqnlab.mlp_update) of MLPs and MinAtar's network against autograd (DQNModule.td_loss)."""
+"""The hand-written update (learn/fast/mlp_update.py) of MLPs and MinAtar's network against autograd (td_loss)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-from dqnlab.mlp_update import ConvStem, mlp_td_grads, plain_relu_layers
-from dqnlab.module import DQNModule
-from dqnlab.networks import MLP, MinAtarCNN
-from dqnlab.optim_step import fast_step
-from dqnlab.replay import Batch
+from dqnlab.data.dataset import Batch
+from dqnlab.learn.fast.mlp_update import ConvStem, mlp_td_grads, plain_relu_layers
+from dqnlab.learn.fast.optim_step import fast_step
+from dqnlab.learn.module import DQNModule
+from dqnlab.learn.networks import MLP, MinAtarCNN
 
 
 def _batch(b: int, obs_dim: int, num_actions: int, g: torch.Generator) -> Batch:

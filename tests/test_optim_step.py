@@ -1,4 +1,4 @@
-"""FusedAdamStep and FlatRMSpropStep (dqnlab.optim_step) against torch's own optimizer.step(), bit for bit."""
+"""FusedAdamStep and FlatRMSpropStep (learn/fast/optim_step.py) against torch's own optimizer.step(), bit for bit."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dqnlab.optim_step import FlatRMSpropStep, FusedAdamStep, clip_grad_norm_, fast_step
+from dqnlab.learn.fast.optim_step import FlatRMSpropStep, FusedAdamStep, clip_grad_norm_, fast_step
 
 
 def _twins(opt_cls: type[torch.optim.Optimizer], **kw: object) -> tuple[nn.Module, nn.Module, list, list]:

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from dqnlab.envs import make_vector_env
-from dqnlab.replay import Batch, BufferTooLargeError, ReplayBuffer, ReplayDataset
+from dqnlab.data.dataset import Batch, ReplayDataset
+from dqnlab.data.memory import BufferTooLargeError
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.envs.vector import make_vector_env
 
 
 def counting_buffer(capacity: int, num_envs: int = 1, **kw) -> ReplayBuffer:

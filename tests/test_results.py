@@ -1,4 +1,4 @@
-"""Results statistics (dqnlab.stats) on numbers checked by hand, and scripts/results.py on a real two-seed sweep."""
+"""Results statistics (share/stats.py) on numbers checked by hand, and scripts/results.py on a real two-seed sweep."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from dqnlab import stats
-from dqnlab.plotting import Run, plot_learning_curves
+from dqnlab.share import stats
+from dqnlab.share.plotting import Run, plot_learning_curves
 from tests.conftest import PYTHON, ROOT
 
 

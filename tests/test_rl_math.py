@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqnlab.rl_math import (
+from dqnlab.learn.rl_math import (
     dqn_loss,
     elementwise_td_loss,
     hard_update,

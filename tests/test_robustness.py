@@ -31,9 +31,10 @@ from gymnasium.envs.classic_control import CartPoleEnv
 from dqnlab import io as dqn_io
 from dqnlab import train as train_module
 from dqnlab.errors import EXIT_CONFIG_ERROR, EXIT_TRAINING_ERROR, ConfigError, TrainingError
-from dqnlab.module import DQNModule
+from dqnlab.learn.module import DQNModule
+from dqnlab.run.ckpt_file import check_checkpoint
 from dqnlab.train import run
-from dqnlab.validate import check_checkpoint, validate_config
+from dqnlab.validate import validate_config
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
 
@@ -334,7 +335,7 @@ def _broken_sensor_cartpole(**kwargs: object) -> gym.Env:
 def test_nonfinite_warn_skips_those_updates_and_goes_on(make_cfg, tmp_path, caplog):
     gym.register("BrokenSensorCartPole-v0", entry_point=_broken_sensor_cartpole, max_episode_steps=200)
     try:
-        with caplog.at_level(logging.WARNING, logger="dqnlab.nonfinite"):
+        with caplog.at_level(logging.WARNING, logger="dqnlab.run.nonfinite"):
             summary = run(make_cfg("debug=smoke", "env=gym", "env.id=BrokenSensorCartPole-v0", "nonfinite=warn"))
     finally:
         gym.registry.pop("BrokenSensorCartPole-v0")

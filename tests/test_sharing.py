@@ -21,12 +21,13 @@ from hydra.utils import instantiate
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dqnlab.agent_file import FORMAT, AgentFileError, read_agent_file
-from dqnlab.checkpoint import collect_rng_states, peek_checkpoint, set_rng_states
 from dqnlab.errors import EXIT_CONFIG_ERROR
-from dqnlab.playback import evaluate_agent, load_agent
+from dqnlab.run.checkpoint import peek_checkpoint
+from dqnlab.run.ckpt_file import LIGHTNING_CKPT_KEYS, check_checkpoint
+from dqnlab.run.resume import collect_rng_states, set_rng_states
+from dqnlab.share.agent_file import FORMAT, AgentFileError, read_agent_file
+from dqnlab.share.playback import evaluate_agent, load_agent
 from dqnlab.train import run
-from dqnlab.validate import LIGHTNING_CKPT_KEYS, check_checkpoint
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
 
@@ -86,7 +87,7 @@ def test_exported_agent_plays_with_the_same_return_as_its_checkpoint(trained, ag
         peek_checkpoint(trained / "checkpoints" / "last.ckpt")["env_steps"]
     )
     config = json.loads(metadata["config"])
-    assert config["env"]["_target_"] == "dqnlab.envs.make_vector_env"
+    assert config["env"]["_target_"] == "dqnlab.envs.vector.make_vector_env"
     assert set(config) == {"env", "network", "algo", "eval", "seed"}  # no buffer, optimizer, logger
     assert agent_file.stat().st_size < 100_000 and all(k.startswith("net.") for k in weights)
     assert agent_file.read_bytes()[8:9] == b"{"  # a JSON header, then raw tensor bytes: no pickle, no zip
@@ -114,7 +115,7 @@ def test_agent_file_naming_os_system_is_refused_and_nothing_runs(agent_file, tmp
     line = _refused_in_one_line(
         _script("scripts/evaluate.py", str(_craft(tmp_path / "evil.safetensors", config))), marker
     )
-    assert "env._target_='os.system'" in line and "dqnlab.envs.make_vector_env" in line
+    assert "env._target_='os.system'" in line and "dqnlab.envs.vector.make_vector_env" in line
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
 
 # ---------------------------------------------------------------------------------------------- the sacct stand-in
 def test_sacct_standin_answers_submitits_query_in_its_format():
-    from dqnlab.sacct_standin import parse_args, sacct_line
+    from dqnlab.cluster.sacct_standin import parse_args, sacct_line
 
     assert parse_args(["-o", "JobID,State,NodeList", "--parsable2", "-j", "7", "-j", "9"]) == ["7", "9"]
     assert parse_args(["-j", "7"]) is None  # anything but submitit's query: sacct's own failure

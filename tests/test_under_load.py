@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqnlab.errors import EXIT_CONFIG_ERROR
-from dqnlab.replay import (
+from dqnlab.data.memory import (
     MEMORY_LIMIT_ENV,
     RESERVATIONS_ENV,
     BufferTooLargeError,
-    ReplayBuffer,
     available_memory_bytes,
     memory_for_a_new_buffer,
 )
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.errors import EXIT_CONFIG_ERROR
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
 # A job's buffer: what `debug=smoke` builds for CartPole (float32 observations of 4 numbers).
@@ -38,7 +38,8 @@ LIMIT = int(2.6 * BUFFER_BYTES / 0.9)
 
 _HOLDER = textwrap.dedent(f"""
     import sys, torch
-    from dqnlab.replay import BufferTooLargeError, ReplayBuffer
+    from dqnlab.data.memory import BufferTooLargeError
+    from dqnlab.data.replay import ReplayBuffer
     try:
         buffer = ReplayBuffer({CAPACITY}, (4,), torch.float32, num_envs={NUM_ENVS})
     except BufferTooLargeError as e:
@@ -145,7 +146,7 @@ def test_writing_a_checkpoint_of_the_buffer_needs_no_second_copy(tmp_path):
     """A full 240 MiB buffer's state is written with under 5% of its size in extra peak memory (a new process)."""
     script = textwrap.dedent(f"""
         import resource, torch
-        from dqnlab.replay import ReplayBuffer
+        from dqnlab.data.replay import ReplayBuffer
         b = ReplayBuffer(36_000, (84, 84), torch.uint8)
         b.obs.fill_(7)
         b.obs_written = b.slots  # every row counts as filled: the state holds all of them

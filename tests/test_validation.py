@@ -20,6 +20,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, open_dict
 
+from dqnlab.data.memory import BufferTooLargeError, available_memory_bytes
 from dqnlab.errors import (
     EXIT_CONFIG_ERROR,
     ConfigError,
@@ -27,15 +28,9 @@ from dqnlab.errors import (
     find_user_error,
     format_error,
 )
-from dqnlab.replay import BufferTooLargeError, available_memory_bytes
-from dqnlab.validate import (
-    KNOBS,
-    LIGHTNING_CKPT_KEYS,
-    TOP_LEVEL_KEYS,
-    check_checkpoint,
-    check_writable_dir,
-    validate_config,
-)
+from dqnlab.run.checks import TOP_LEVEL_KEYS, check_writable_dir
+from dqnlab.run.ckpt_file import LIGHTNING_CKPT_KEYS, check_checkpoint
+from dqnlab.validate import KNOBS, validate_config
 from tests.conftest import CONF_DIR, PYTHON, ROOT, compose_cfg
 
 try:
@@ -238,7 +233,8 @@ KNOB_CASES = [(k, v) for k in KNOBS for v in _bad_values(k)]
 
 @pytest.fixture(scope="module")
 def smoke_cfg() -> DictConfig:
-    return compose_cfg(["debug=smoke"], ROOT / "outputs" / "unused")  # validate_config never writes
+    # augment=drq: its knobs exist (the image check needs the env, which validate_config does not build)
+    return compose_cfg(["debug=smoke", "augment=drq"], ROOT / "outputs" / "unused")  # validate_config never writes
 
 
 @pytest.mark.parametrize(("knob", "value"), KNOB_CASES, ids=[f"{k.key}={v}" for k, v in KNOB_CASES])
@@ -370,8 +366,8 @@ def test_unwritable_directory(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- the errors
 def test_existing_errors_are_config_errors():
-    from dqnlab.envs import EnvConfigError
-    from dqnlab.networks import NetworkConfigError
+    from dqnlab.envs.vector import EnvConfigError
+    from dqnlab.learn.networks import NetworkConfigError
 
     assert issubclass(EnvConfigError, ConfigError) and issubclass(NetworkConfigError, ConfigError)
     assert issubclass(BufferTooLargeError, ConfigError) and issubclass(BufferTooLargeError, MemoryError)
@@ -381,7 +377,7 @@ def test_existing_errors_are_config_errors():
 def test_config_error_found_behind_hydra_instantiate():
     cause = ConfigError("buffer.capacity=1 is too small")
     try:
-        raise InstantiationException("Error in call to target 'dqnlab.replay.ReplayBuffer'") from cause
+        raise InstantiationException("Error in call to target 'dqnlab.data.replay.ReplayBuffer'") from cause
     except InstantiationException as wrapped:
         assert find_user_error(wrapped) is cause
     # An error raised while handling a config error is a different failure: not hidden behind the first.

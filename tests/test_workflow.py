@@ -21,8 +21,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from dqnlab.checkpoint import AtomicCheckpointIO, Interrupted
 from dqnlab.errors import ConfigError
+from dqnlab.run.checkpoint import AtomicCheckpointIO, Interrupted
 from dqnlab.train import run
 from tests.conftest import PYTHON, ROOT, compose_cfg
 from tests.wandb_offline import read_offline_run
@@ -285,7 +285,7 @@ def test_wandb_without_credentials_falls_back_offline_and_records_history_and_co
 
 
 def test_wandb_fails_fast_naming_offline_mode_when_fallback_is_off(tmp_path, monkeypatch):
-    from dqnlab.tracking import make_wandb_logger
+    from dqnlab.run.tracking import make_wandb_logger
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
@@ -299,7 +299,7 @@ def test_wandb_fails_fast_naming_offline_mode_when_fallback_is_off(tmp_path, mon
 def test_progress_without_a_terminal_is_plain_lines_in_the_log(make_cfg, caplog):
     caplog.set_level("INFO")
     run(make_cfg("debug=smoke"))  # progress_bar=true: debug=smoke keeps the bar a user has
-    lines = [r.getMessage() for r in caplog.records if r.name == "dqnlab.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dqnlab.run.progress"]
     assert lines[0].startswith("100/100 random env steps (prefill)")
     assert re.match(
         r"400/400 env steps  \d+:\d\d eta \d+:\d\d  train return \d+\.\d  eps 0\.\d{3}  [\d,]+ steps/s", lines[-1]
@@ -307,7 +307,7 @@ def test_progress_without_a_terminal_is_plain_lines_in_the_log(make_cfg, caplog)
 
 
 def test_progress_line_keeps_the_count_the_time_and_the_eta_at_80_columns():
-    from dqnlab.progress import progress_line
+    from dqnlab.run.progress import progress_line
 
     line = progress_line("train", 8_668, 30_000, 4.2, 2_044.0, "160.0", 0.01, width=70)
     assert line.startswith("8,668/30,000 env steps  0:04 eta 0:10") and len(line) <= 70
@@ -332,7 +332,7 @@ def test_a_resume_reports_its_own_speed(reference_run, tmp_path):
 
 
 def test_a_checkpoint_holds_only_the_filled_part_of_the_replay(tmp_path):
-    from dqnlab.replay import ReplayBuffer
+    from dqnlab.data.replay import ReplayBuffer
 
     buffer = ReplayBuffer(20_000, (4, 84, 84), torch.uint8, num_envs=1, frame_stack=4)  # 141 MB of frames
     obs = torch.randint(0, 255, (1, 4, 84, 84), dtype=torch.uint8).numpy()
@@ -364,7 +364,7 @@ def test_joblib_sweep_then_plot_one_line_per_override_set(tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     assert len(list(sweep.glob("*/summary.json"))) == 4
 
-    from dqnlab.plotting import find_run_dirs, load_run, plot_learning_curves, results_table
+    from dqnlab.share.plotting import find_run_dirs, load_run, plot_learning_curves, results_table
 
     runs = [load_run(d) for d in find_run_dirs([sweep])]
     fig = plot_learning_curves(runs)

@@ -113,7 +113,7 @@ def report_and_exit(err: BaseException) -> None:
 
 def _find_signal_stop(exc: BaseException) -> SystemExit | None:
     """A stop on Ctrl-C/SIGTERM behind ``exc`` (a second Ctrl-C inside ``torch.save`` comes out wrapped)."""
-    stopping = sys.modules.get("dqnlab.stopping")  # imported by a run; absent: no run, no signal stop
+    stopping = sys.modules.get("dqnlab.run.stopping")  # imported by a run; absent: no run, no signal stop
     return stopping.find_stop(exc) if stopping is not None else None
 
 
@@ -138,7 +138,7 @@ def exit_on_config_error() -> Iterator[None]:
     try:
         yield
     except SystemExit as exc:
-        stopping = sys.modules.get("dqnlab.stopping")
+        stopping = sys.modules.get("dqnlab.run.stopping")
         if stopping is not None and isinstance(exc, stopping.HardStop | stopping.Interrupted):
             if isinstance(exc, stopping.HardStop):
                 print(f"{exc}", file=sys.stderr, flush=True)  # raised from the signal handler: not printed yet
@@ -148,7 +148,7 @@ def exit_on_config_error() -> Iterator[None]:
         stop = None if full_error_requested() else _find_signal_stop(exc)
         if stop is not None:
             print(f"{stop}", file=sys.stderr, flush=True)
-            sys.modules["dqnlab.stopping"].exit_at_once_on_more_signals(stop)
+            sys.modules["dqnlab.run.stopping"].exit_at_once_on_more_signals(stop)
             sys.exit(stop.code)
         err = find_user_error(exc)
         if err is None or full_error_requested():

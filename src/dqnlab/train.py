@@ -18,30 +18,31 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from dqnlab.checkpoint import (
+from dqnlab.cluster.slurm import lightning_plugins, requeue_ckpt_path
+from dqnlab.data.collect import EnvStepper
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.envs.vector import match_frame_stacking, torch_dtype
+from dqnlab.envs.video import make_render_env
+from dqnlab.io import atomic_write_json, remove_stale_temp_files
+from dqnlab.learn.module import DQNModule
+from dqnlab.learn.networks import build_network
+from dqnlab.run.checkpoint import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
     DQNCheckpoint,
-    ResumeState,
     config_changes,
     peek_checkpoint,
     resolve_ckpt_path,
 )
-from dqnlab.collect import EnvStepper
-from dqnlab.envs import match_frame_stacking, torch_dtype
-from dqnlab.evaluation import Evaluator
-from dqnlab.io import atomic_write_json, remove_stale_temp_files
-from dqnlab.module import DQNModule
-from dqnlab.networks import build_network
-from dqnlab.nonfinite import NonFiniteGuard
-from dqnlab.progress import EnvStepProgressBar
-from dqnlab.replay import ReplayBuffer
-from dqnlab.report import as_counts, cpu_hint, describe_run, format_summary
-from dqnlab.slurm import lightning_plugins, requeue_ckpt_path
-from dqnlab.stopping import SignalStop, StopOnSignal
-from dqnlab.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
-from dqnlab.validate import check_writable_dir, validate_config, validate_env
-from dqnlab.video import make_render_env
+from dqnlab.run.checks import check_writable_dir
+from dqnlab.run.evaluation import Evaluator
+from dqnlab.run.nonfinite import NonFiniteGuard
+from dqnlab.run.progress import EnvStepProgressBar
+from dqnlab.run.report import as_counts, cpu_hint, describe_run, describe_update, format_summary, update_summary
+from dqnlab.run.resume import ResumeState
+from dqnlab.run.stopping import SignalStop, StopOnSignal
+from dqnlab.run.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
+from dqnlab.validate import validate_config, validate_env
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,11 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
         # A distributional learner (algo=c51) sets the network's output atoms.
         num_atoms = int(cfg.algo.get("num_atoms", 1))
         network = build_network(instantiate(cfg.network), obs_space.shape, num_actions, num_atoms)
-        module: DQNModule = instantiate(cfg.algo, network=network, optimizer=instantiate(cfg.optimizer))
+        augment = instantiate(cfg.augment) if cfg.get("augment") else None
+        module: DQNModule = instantiate(
+            cfg.algo, network=network, optimizer=instantiate(cfg.optimizer), augment=augment
+        )
+        module.pick_compute(device, tuple(obs_space.shape))  # a conv net on a CPU: fp32 or bf16, measured
 
         buffer_device = device if cfg.buffer.get("device", "auto") == "auto" else cfg.buffer.device
         buffer: ReplayBuffer = instantiate(
@@ -228,7 +233,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(cfg.seed, verbose=False)
 
-    # A requeued SLURM job resumes from its run dir's last.ckpt (dqnlab.slurm); a corrupt last.ckpt: ConfigError.
+    # A requeued SLURM job resumes from its run dir's last.ckpt (cluster/slurm.py); a corrupt last.ckpt: ConfigError.
     ckpt_path = resolve_ckpt_path(requeue_ckpt_path(cfg.get("ckpt_path")), checkpoint_dir(cfg))
     for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
         remove_stale_temp_files(folder)
@@ -244,7 +249,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     parts: Components | None = None
     failed = True
-    # Ctrl-C / SIGTERM from here to the end of the final evaluation (dqnlab.stopping): a first signal during the
+    # Ctrl-C / SIGTERM from here to the end of the final evaluation (dqnlab.run.stopping): a first signal during the
     # set-up (allocating a large replay takes seconds) stops at the first env step, a second one at once.
     stop = SignalStop()
     try:
@@ -252,6 +257,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         parts = build(cfg, stop)
         device = resolve_device(cfg.trainer.get("accelerator", "auto")).type
         log.info("%s", describe_run(cfg, device))
+        for line in describe_update(cfg, parts.module):
+            log.info("%s", line)
         hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), device)
         if hint and ckpt_path is None:
             log.warning("%s", hint)
@@ -289,6 +296,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             else {}
         ),
         "update_path": parts.module.update_path,  # cuda_graph, or eager (the CPU, or a failed recording)
+        **update_summary(cfg, parts.module),
     }
     summary = as_counts(summary)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)

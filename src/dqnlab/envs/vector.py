@@ -1,0 +1,184 @@
+"""Vector environments for DQN: gymnasium envs by id, and Atari through ale-py.
+
+Every factory returns a gymnasium ``VectorEnv`` in ``NEXT_STEP`` autoreset mode with a discrete action space;
+the replay buffer relies on that mode (see :mod:`dqnlab.data.replay`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import inspect
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from omegaconf import DictConfig, open_dict
+
+from dqnlab.errors import ConfigError, MissingExtraError
+
+
+class EnvConfigError(ConfigError):
+    """The env configuration cannot work; the message names the fix."""
+
+
+# Gymnasium envs whose dependencies come with a dqnlab extra: entry-point module prefix -> extra.
+_EXTRAS = {"gymnasium.envs.box2d": ("Box2D", "box2d")}
+# What a user can type instead of an unknown id: the env presets (conf/env/ of a source checkout).
+_CONF_ENV = Path(__file__).resolve().parents[3] / "conf" / "env"
+
+
+def _check_id(env_id: str) -> None:
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=3, cutoff=0.6)
+    if close:
+        hint = f" Did you mean {', '.join(close)}?"
+    else:
+        presets = sorted(p.stem for p in _CONF_ENV.glob("*.yaml")) if _CONF_ENV.is_dir() else []
+        hint = " List the registered ids with `python -c 'import gymnasium; gymnasium.pprint_registry()'`" + (
+            f", or use a dqnlab env preset, env=<name> with <name> in: {', '.join(presets)}." if presets else "."
+        )
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:  # ALE ids exist only once ale_py registers them
+        hint = " Atari games run through env=atari with the DQN preprocessing: env=atari env.game=<game>."
+    raise EnvConfigError(f"gymnasium does not know env.id={env_id!r}.{hint}")
+
+
+def _check_extra(env_id: str) -> None:
+    """Raise :class:`MissingExtraError` naming the dqnlab extra if ``env_id`` needs a package that is missing.
+
+    Checked before ``gym.make``: gymnasium's own message asks for ``gymnasium[box2d]`` (and swig), while
+    dqnlab pins the dependency in its extra.
+    """
+    entry = gym.registry[env_id].entry_point
+    module = entry.split(":", 1)[0] if isinstance(entry, str) else getattr(entry, "__module__", "")
+    for prefix, (package, extra) in _EXTRAS.items():
+        if module.startswith(prefix) and not _importable(package):
+            raise MissingExtraError(f"env.id={env_id} needs {package}: pip install 'dqnlab[{extra}]'")
+
+
+# Keyword arguments that gym.make (and make_vec) take itself, whatever the env's constructor takes.
+_MAKE_KWARGS = {"max_episode_steps", "autoreset", "apply_api_compatibility", "disable_env_checker", "render_mode"}
+
+
+def _check_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`EnvConfigError` for an ``env.kwargs`` key that ``env_id``'s constructor does not take.
+
+    Checked before ``gym.make``, whose TypeError comes out of the env's constructor as a traceback. A constructor
+    that takes ``**kwargs`` accepts anything, so nothing is checked then.
+    """
+    unknown = set(kwargs) - _MAKE_KWARGS
+    if not unknown:
+        return
+    try:
+        creator = gym.envs.registration.load_env_creator(gym.registry[env_id].entry_point)
+        params = inspect.signature(creator).parameters
+    except (TypeError, ValueError, ImportError, AttributeError):  # a builtin or an entry point not loadable here
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = sorted(name for name, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    unknown -= set(takes)
+    if unknown:
+        key = sorted(unknown)[0]
+        name = getattr(creator, "__name__", str(creator))
+        raise EnvConfigError(
+            f"env.kwargs.{key}: {env_id} ({name}) takes no argument {key!r}; it takes "
+            f"{', '.join(takes) or 'none'}. Drop +env.kwargs.{key} or use one of those"
+        )
+
+
+def _importable(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules, or a broken parent package
+        return False
+
+
+def make_vector_env(
+    id: str,
+    num_envs: int = 1,
+    vectorization: str = "sync",
+    max_episode_steps: int | None = None,
+    kwargs: dict[str, Any] | None = None,
+    for_eval: bool = False,
+) -> VectorEnv:
+    """A gymnasium vector env of ``num_envs`` copies of ``id`` in NEXT_STEP autoreset mode.
+
+    Args:
+        id: Gymnasium env id, e.g. ``CartPole-v1``.
+        num_envs: Number of parallel copies (one vector step = ``num_envs`` env steps).
+        vectorization: ``"sync"`` (one process; best for cheap envs) or ``"async"`` (one process per copy).
+        max_episode_steps: Override of the registered time limit, in env steps (``None`` keeps it).
+        kwargs: Extra keyword arguments for ``gym.make``.
+        for_eval: Build the evaluation variant (identical for plain gymnasium envs).
+
+    Raises:
+        EnvConfigError: Unknown id, or an action space DQN cannot use.
+        MissingExtraError: The env needs an optional dependency (Box2D: ``pip install 'dqnlab[box2d]'``).
+
+    """
+    _check_id(id)
+    _check_extra(id)
+    make_kwargs = dict(kwargs or {})
+    _check_kwargs(id, make_kwargs)
+    if max_episode_steps is not None:
+        make_kwargs["max_episode_steps"] = max_episode_steps
+    env = gym.make_vec(
+        id,
+        num_envs=num_envs,
+        vectorization_mode=vectorization,
+        vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+        **make_kwargs,
+    )
+    check_discrete(env, f"env.id={id}")
+    return env
+
+
+def check_discrete(env: VectorEnv, name: str) -> None:
+    """Raise a clear error unless the env has a single discrete action space, as DQN needs."""
+    space = env.single_action_space
+    if not isinstance(space, gym.spaces.Discrete):
+        env.close()
+        raise EnvConfigError(
+            f"{name} has action space {space}: DQN needs a Discrete action space (one Q-value per action). "
+            "Pick an env with discrete actions, or discretize this one with a gymnasium ActionWrapper."
+        )
+
+
+def obs_dtype_of(env: VectorEnv) -> np.dtype:
+    """Numpy dtype of a single observation."""
+    return np.dtype(env.single_observation_space.dtype)
+
+
+def torch_dtype(np_dtype: np.dtype | type) -> torch.dtype:
+    """The torch dtype matching a numpy dtype (``uint8`` frames stay ``uint8`` in the buffer)."""
+    return torch.from_numpy(np.zeros(0, dtype=np_dtype)).dtype
+
+
+def match_frame_stacking(buffer_cfg: DictConfig, env: VectorEnv) -> None:
+    """Set ``buffer.frame_stack`` and ``buffer.stack_padding`` to how ``env`` stacks frames, in place.
+
+    An env that stacks frames (Atari) declares ``metadata["frame_stack"]`` and ``metadata["stack_padding"]``;
+    the buffer then stores each frame once and rebuilds the stacks exactly as the env built them. Envs that
+    declare nothing leave the config as it is.
+
+    Raises:
+        EnvConfigError: ``buffer.frame_stack`` was set to a value other than 1 (the default) or the env's stack.
+
+    """
+    stack = int(env.metadata.get("frame_stack") or 1)
+    if stack == 1:
+        return
+    configured = int(buffer_cfg.get("frame_stack") or 1)
+    if configured not in (1, stack):
+        raise EnvConfigError(
+            f"buffer.frame_stack={configured} but the env stacks {stack} frames per observation: "
+            f"drop the override (it is set from the env) or use buffer.frame_stack={stack}"
+        )
+    with open_dict(buffer_cfg):
+        buffer_cfg.frame_stack = stack
+        buffer_cfg.stack_padding = str(env.metadata.get("stack_padding", "reset"))

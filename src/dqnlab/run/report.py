@@ -1,0 +1,137 @@
+"""What a run tells its user: one line on what it trains, a hint when a CPU is in for a day, and a summary.
+
+The same lines go to the terminal and to ``train.log`` (Hydra's log handlers).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+# Summary keys that count things: integers in summary.json and in the printed summary.
+COUNT_KEYS = ("env_steps", "gradient_steps", "episodes", "seed", "eval/episodes", "eval/best_env_steps")
+
+ATARI_100K_ENV_STEPS = 100_000  # Kaiser et al. 2020: 100k agent steps (400k frames) per game
+
+# From this many env steps on, an image-based run on a CPU is a job of many hours (Atari's 10M: about a day).
+LONG_IMAGE_RUN_ENV_STEPS = 1_000_000
+
+
+def as_counts(summary: dict[str, float]) -> dict[str, Any]:
+    """``summary`` with its counters as ``int`` (``30000``, not ``30000.0``)."""
+    return {k: int(v) if k in COUNT_KEYS and float(v).is_integer() else v for k, v in summary.items()}
+
+
+def _env_name(cfg: DictConfig) -> str:
+    env = cfg.env
+    name = env.get("game") or env.get("id") or "env"
+    return f"{name} x{env.num_envs} envs" if int(env.get("num_envs", 1)) > 1 else str(name)
+
+
+def _algo_name(cfg: DictConfig) -> str:
+    algo = cfg.algo
+    parts = ["C51" if "num_atoms" in algo else "DQN"]
+    parts += [s for s, on in (("double", algo.get("double")), ("dueling", cfg.network.get("dueling"))) if on]
+    parts += ["noisy"] if cfg.network.get("noisy") else []
+    parts += [f"{algo.n_step}-step"] if int(algo.get("n_step", 1)) > 1 else []
+    parts += ["prioritized replay"] if "alpha" in cfg.buffer else []
+    target = "polyak target" if float(cfg.target.get("tau", 1.0)) < 1.0 else f"target copy/{cfg.target.interval}"
+    return f"{' '.join(parts)} ({algo.loss}, {target})"
+
+
+def describe_run(cfg: DictConfig, device: str) -> str:
+    """One line: algorithm, env, network, optimizer, budget, seed, device and run dir."""
+    net = cfg.network.get("_target_", "").rsplit(".", 1)[-1]
+    hidden = cfg.network.get("hidden_sizes")
+    net += f" {'-'.join(map(str, hidden))}" if hidden else ""
+    opt = cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1]
+    return (
+        f"dqnlab: {_algo_name(cfg)} on {_env_name(cfg)}, {net} net, {opt} lr {cfg.optimizer.lr:g}; "
+        f"{int(cfg.env_steps):,} env steps, seed {cfg.seed}, {device}; run dir {cfg.paths.output_dir}"
+    )
+
+
+def _protocol_kept(cfg: DictConfig) -> str | None:
+    """For a run whose preset follows a benchmark protocol: ``None`` when it keeps it, else what departs."""
+    if cfg.get("protocol") == "atari100k" and int(cfg.env_steps) != ATARI_100K_ENV_STEPS:
+        return f"env_steps={int(cfg.env_steps):,} instead of {ATARI_100K_ENV_STEPS:,}"
+    return None
+
+
+def describe_update(cfg: DictConfig, module: Any) -> list[str]:
+    """Lines after the header: how a conv net's update computes, augmentation, and a protocol departed from."""
+    lines = []
+    if hasattr(module.q_net, "set_compute"):
+        augment = f"; augmentation {module.augment!r}" if module.augment is not None else ""
+        lines.append(f"update: {module.compute.describe()}{augment}")
+    if cfg.get("protocol"):
+        departs = _protocol_kept(cfg)
+        lines.append(
+            f"protocol: {cfg.protocol}" + (f" NOT kept ({departs}): not comparable with its results" if departs else "")
+        )
+    return lines
+
+
+def update_summary(cfg: DictConfig, module: Any) -> dict[str, Any]:
+    """``summary.json``'s keys for the same: the compute of a conv net, and the protocol and whether it was kept."""
+    out: dict[str, Any] = {}
+    if hasattr(module.q_net, "set_compute"):
+        out["update_compute"] = module.compute.name
+    if cfg.get("protocol"):
+        out["protocol"] = str(cfg.protocol)
+        out["protocol_kept"] = _protocol_kept(cfg) is None
+    return out
+
+
+def cpu_hint(cfg: DictConfig, obs_shape: tuple[int, ...], device: str) -> str | None:
+    """A word before a long run on Atari-sized images on a CPU (Atari's 10M env steps take about a day there).
+
+    MinAtar's 10x10 grids are images too, but made for a CPU: no hint for them.
+    """
+    if device != "cpu" or len(obs_shape) < 3 or int(cfg.env_steps) < LONG_IMAGE_RUN_ENV_STEPS:
+        return None
+    if min(obs_shape[-2:]) < 32:
+        return None
+    return (
+        f"{int(cfg.env_steps):,} env steps of an image-based env on a CPU take many hours (Atari runs are made "
+        "for a GPU: trainer=gpu); the bar's ETA says how many. To check the whole pipeline on a CPU in seconds, add "
+        "debug=smoke; for learning on a CPU, use a classic-control, Box2D or MinAtar env (env=cartpole, "
+        "env=lunarlander, env=minatar)"
+    )
+
+
+def _cmd(*args: str) -> str:
+    return " ".join(["python", *map(shlex.quote, args)])
+
+
+def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | None) -> str:
+    """The end of a run, for people: the score, the budget, the time, the run dir and what to do next."""
+    lines = []
+    if "eval/return_mean" in summary:
+        std = summary.get("eval/return_std", 0.0)
+        episodes = int(summary.get("eval/episodes", 0))
+        lines.append(f"result: eval return {summary['eval/return_mean']:.2f} +- {std:.2f} over {episodes} episodes")
+    if "eval/best_return_mean" in summary and summary.get("eval/best_env_steps") != summary.get("env_steps"):
+        lines.append(
+            f"        the network kept is the one of env step {int(summary['eval/best_env_steps']):,} (eval.keep_best;"
+            f" the last one scored {summary['eval/last_return_mean']:.2f})"
+        )
+    lines.append(
+        f"trained: {int(summary['env_steps']):,} env steps, {int(summary['gradient_steps']):,} updates, "
+        f"{int(summary['episodes']):,} episodes in {summary['wall_time_s']:.1f} s "
+        f"({summary['env_steps_per_s']:,.0f} env steps/s)"
+    )
+    lines.append(f"run dir: {out_dir}  (summary.json, metrics.csv, train.log, .hydra/)")
+    if last_ckpt is not None and last_ckpt.is_file():
+        ckpt = str(last_ckpt)
+        lines += [
+            "next:    " + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true") + "   # play it, film it",
+            "         "
+            + _cmd("train.py", f"ckpt_path={ckpt}", f"env_steps={2 * int(summary['env_steps'])}")
+            + "   # train it further (with the same overrides)",
+            "         " + _cmd("scripts/plot.py", str(out_dir)) + "   # learning curve",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""experiment=atari100k (DrQ(eps) as Dopamine configures it): the env protocol, the epsilon schedule, DrQ's
+augmentation on hand-built frames, and how the Nature CNN's update computes on a CPU (fp32 or bf16, measured)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from dqnlab.data.collect import EnvStepper
+from dqnlab.data.replay import ReplayBuffer
+from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
+from dqnlab.learn.fast.cpu_compute import Compute, bf16_instructions, candidates, choose
+from dqnlab.learn.networks import NatureCNN
+from dqnlab.run.report import describe_update, update_summary
+from tests.conftest import PYTHON, ROOT, compose_cfg
+
+
+@pytest.fixture
+def ale() -> Any:
+    return pytest.importorskip("ale_py")
+
+
+# ------------------------------------------------------------------ augmentation
+def _reference_shift(x: torch.Tensor, pad: int, dy: int, dx: int) -> torch.Tensor:
+    """torch's own edge padding, then the crop at (dy, dx): what random_shift must equal."""
+    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="replicate")
+    return padded[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]
+
+
+def test_random_shift_is_edge_padding_then_a_crop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5, 4, 12, 10), generator=gen, dtype=torch.uint8)
+    shifts = torch.tensor([[0, 0], [4, 4], [8, 8], [1, 7], [8, 0]])
+    out = random_shift(x, 4, shifts)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        torch.testing.assert_close(out[i].float(), _reference_shift(x[i : i + 1], 4, dy, dx)[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[1], x[1])  # offset (pad, pad): no shift
+
+
+def test_random_shift_moves_every_stacked_frame_of_an_image_together() -> None:
+    frame = torch.zeros(1, 1, 9, 9, dtype=torch.uint8)
+    frame[0, 0, 4, 4] = 255  # one bright pixel in the middle
+    stack = frame.repeat(1, 4, 1, 1)
+    out = random_shift(stack, 2, torch.tensor([[0, 4]]))  # 2 rows down, 2 columns left
+    for c in range(4):
+        assert out[0, c].nonzero().tolist() == [[6, 2]]
+
+
+def test_intensity_factors_are_clipped_at_two_standard_deviations() -> None:
+    normal = torch.tensor([-5.0, -1.0, 0.0, 1.0, 5.0])
+    torch.testing.assert_close(intensity_factors(normal, 0.05), torch.tensor([0.9, 0.95, 1.0, 1.05, 1.1]))
+
+
+def test_drq_augment_draws_offsets_as_dopamine_and_scales_whole_images() -> None:
+    aug = DrQAugment(pad=4, intensity_scale=0.05)
+    assert aug.max_shift == 7  # jax.random.randint(maxval=8) is exclusive: offsets 0..7
+    torch.manual_seed(0)
+    x = torch.full((256, 2, 20, 20), 100, dtype=torch.uint8)
+    out = aug(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    per_image = out.flatten(1)
+    assert torch.equal(per_image.min(1).values, per_image.max(1).values)  # a flat image stays flat, scaled
+    assert per_image[:, 0].min() >= 90 and per_image[:, 0].max() <= 110  # 100 * [0.9, 1.1]
+    assert per_image[:, 0].std() > 1  # and the factors differ between images
+    with pytest.raises(ValueError, match="max_shift"):
+        DrQAugment(pad=2, max_shift=5)
+
+
+# ------------------------------------------------------------------ the preset
+def test_preset_is_dopamines_drq_eps(tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=atari100k", "env.game=breakout"], tmp_path)
+    assert cfg.env_steps == 100_000 and cfg.protocol == "atari100k"
+    assert (cfg.algo.n_step, cfg.algo.batch_size, cfg.algo.gamma, cfg.algo.loss) == (10, 32, 0.99, "huber")
+    assert cfg.algo.double and cfg.network.dueling and cfg.network.dueling_shared
+    assert (cfg.optimizer.lr, cfg.optimizer.eps) == (1e-4, 1.5e-4)
+    assert (cfg.collector.train_freq, cfg.collector.gradient_steps, cfg.target.interval) == (1, 1, 1)
+    assert cfg.buffer.capacity == 100_000 and cfg.augment.pad == 4 and cfg.augment.intensity_scale == 0.05
+    assert (cfg.eval.episodes, cfg.eval.epsilon, cfg.eval.every) == (100, 0.001, 0)
+
+
+@pytest.mark.atari
+def test_preset_env_protocol(ale: Any, tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=atari100k", "env.game=breakout", "env.backend=gymnasium"], tmp_path)
+    env = instantiate(cfg.env)()
+    ale_iface = env.unwrapped.envs[0].unwrapped.ale if hasattr(env.unwrapped, "envs") else None
+    if ale_iface is None:  # the env's wrappers hide the list of games one level deeper
+        ale_iface = env.env.envs[0].unwrapped.ale
+    assert ale_iface.getFloat("repeat_action_probability") == 0.0  # no sticky actions
+    assert env.single_action_space.n == 4  # Breakout's minimal action set: NOOP, FIRE, RIGHT, LEFT
+    assert env.single_observation_space.shape == (4, 84, 84)
+    env.close()
+
+
+@pytest.mark.atari
+def test_preset_episode_cap_is_27k_agent_steps_and_breakout_waits_for_fire(ale: Any, tmp_path: Path) -> None:
+    # Without FIRE at reset (Dopamine presses none) Breakout never serves: NOOPs run into the 108k-frame cap.
+    cfg = compose_cfg(["experiment=atari100k", "env.game=breakout"], tmp_path)
+    env = instantiate(cfg.env)()
+    env.reset(seed=0)
+    noop = np.zeros(1, dtype=np.int64)
+    step = 0
+    for step in range(1, 27_001):  # noqa: B007 (the step it stops at is the point)
+        _, _, terminated, truncated, info = env.step(noop)
+        if truncated[0] or terminated[0]:
+            break
+    assert step == 27_000 and truncated[0] and not terminated[0] and info["game_over"][0]
+    env.close()
+
+
+@pytest.mark.atari
+def test_preset_epsilon_holds_through_the_prefill_then_ramps_over_5000_steps(ale: Any, tmp_path: Path) -> None:
+    cfg = compose_cfg(["experiment=atari100k"], tmp_path)
+    env = instantiate(cfg.env)()
+    buffer = ReplayBuffer(capacity=16, obs_shape=(4, 84, 84), obs_dtype=torch.uint8, frame_stack=4)
+    collector: EnvStepper = instantiate(cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps)
+    expected = {0: 1.0, 1_600: 1.0, 4_100: 0.505, 6_600: 0.01, 100_000: 0.01}
+    for step, epsilon in expected.items():
+        collector.env_steps = step
+        assert collector.epsilon == pytest.approx(epsilon)
+    env.close()
+
+
+def test_protocol_departure_is_said(tmp_path: Path) -> None:
+    class Module:  # what describe_update reads of a DQNModule
+        q_net = torch.nn.Linear(1, 1)
+        augment = None
+
+    kept = compose_cfg(["experiment=atari100k"], tmp_path)
+    short = compose_cfg(["experiment=atari100k", "env_steps=50000"], tmp_path)
+    assert describe_update(kept, Module()) == ["protocol: atari100k"]
+    assert "NOT kept (env_steps=50,000 instead of 100,000)" in describe_update(short, Module())[0]
+    assert update_summary(kept, Module()) == {"protocol": "atari100k", "protocol_kept": True}
+    assert update_summary(short, Module())["protocol_kept"] is False
+
+
+# ------------------------------------------------------------------ how the update computes
+def test_precision_knobs_pick_the_candidates() -> None:
+    assert candidates("fp32", False) == [(False, False)]
+    assert candidates("fp32", "auto") == [(False, False), (False, True)]
+    if bf16_instructions():
+        assert candidates("auto", True) == [(False, True), (True, True)]
+        assert candidates("bf16", False) == [(True, False)]
+    else:
+        assert candidates("auto", True) == [(False, True)]
+        with pytest.raises(Exception, match=r"no bf16 instructions.*algo\.precision=fp32"):
+            candidates("bf16", False)
+
+
+def test_choose_measures_every_candidate_and_leaves_the_network_alone() -> None:
+    torch.manual_seed(0)
+    net = NatureCNN((4, 84, 84), 6, dueling=True, dueling_shared=True)
+    before = [p.detach().clone() for p in net.parameters()]
+    pairs = candidates("auto", "auto")
+    compute = choose(net, (4, 84, 84), 8, pairs)
+    assert (compute.bf16, compute.channels_last) in pairs
+    assert len(compute.measured_ms) == len(pairs) and all(v > 0 for v in compute.measured_ms.values())
+    assert not net.bf16 and not net.channels_last
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    assert choose(net, (4, 84, 84), 8, [(False, True)]) == Compute(False, True, {})  # one candidate: no timing
+
+
+@pytest.mark.skipif(not bf16_instructions(), reason="this CPU has no bf16 instructions")
+def test_bf16_q_values_stay_close_to_fp32_and_come_back_as_fp32() -> None:
+    torch.manual_seed(0)
+    net = NatureCNN((4, 84, 84), 6, dueling=True, dueling_shared=True, init="xavier_uniform")
+    obs = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    fp32 = net(obs)
+    net.set_compute(bf16=True, channels_last=True)
+    bf16 = net(obs)
+    assert bf16.dtype == torch.float32 and all(p.dtype == torch.float32 for p in net.parameters())
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02 * fp32.abs().max().item())
+
+
+def test_dueling_shared_is_one_hidden_layer_and_xavier_zeroes_the_biases() -> None:
+    net = NatureCNN((4, 84, 84), 6, dueling=True, dueling_shared=True, init="xavier_uniform")
+    hidden = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 512]
+    assert len(hidden) == 1
+    assert all(m.bias.abs().sum() == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
+
+
+@pytest.mark.atari
+def test_smoke_run_says_how_it_computes_and_resumes_the_same_way(ale: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    base = [PYTHON, "train.py", "experiment=atari100k", "debug=smoke", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([*base, "progress_bar=false"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    log = (run_dir / "train.log").read_text()
+    assert f"update: {summary['update_compute']}" in log and "augmentation DrQAugment(pad=4" in log
+    assert summary["protocol"] == "atari100k" and summary["protocol_kept"] is False
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    bf16, last = ckpt["dqn_compute"]["bf16"], ckpt["dqn_compute"]["channels_last"]
+    assert summary["update_compute"] == f"{'bf16' if bf16 else 'fp32'} {'channels-last' if last else 'NCHW'}"
+
+
+def test_augment_on_a_vector_env_is_one_error_line(tmp_path: Path) -> None:
+    cmd = [PYTHON, "train.py", "augment=drq", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "augment" in errors[0] and "(4,)" in errors[0] and "Traceback" not in proc.stderr
