@@ -5,6 +5,7 @@
     python scripts/benchmark.py minatar-cpu               # MinAtar Breakout: dqnlab loop vs a bare PyTorch loop
     python scripts/benchmark.py replay-memory             # bytes of a 1M-transition Atari buffer
     python scripts/benchmark.py atari-gpu                 # Breakout on a GPU: eager vs CUDA graphs, num_envs
+    python scripts/benchmark.py atari-cpu                 # the Atari 100k update on a CPU vs a bare fp32 one
     python scripts/benchmark.py peers                     # Stable-Baselines3 DQN vs dqnlab, same settings
     python scripts/benchmark.py zoo                       # dqnlab presets vs SB3 with RL Zoo's hyperparameters
     python scripts/benchmark.py update-floor              # one MLP update's cost and its matrix products alone
@@ -24,6 +25,7 @@ import sys
 
 # scripts/bench/ (scripts/ is on sys.path when this file runs): the suite modules import bench.common only.
 from bench.atari import suite_atari_gpu, suite_peers
+from bench.atari_cpu import suite_atari_cpu
 from bench.cartpole import suite_cartpole_cpu, suite_cartpole_solve
 from bench.common import ROOT, ZOO_DQN, machine
 from bench.floor import suite_update_floor
@@ -37,6 +39,7 @@ SUITES = {
     "cartpole-solve": suite_cartpole_solve,
     "replay-memory": suite_replay_memory,
     "atari-gpu": suite_atari_gpu,
+    "atari-cpu": suite_atari_cpu,
     "peers": suite_peers,
     "zoo": suite_zoo,
     "zoo-worker": suite_zoo_worker,

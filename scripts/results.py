@@ -1,6 +1,5 @@
-"""Final scores with honest statistics: ``python scripts/results.py <run or multirun dirs> [--markdown out.md]``.
-
-``[--png curves.png] [--reference ENV_ID=RANDOM:REFERENCE ...]``.
+"""Final scores with honest statistics: ``python scripts/results.py <run or multirun dirs> [--markdown out.md]``
+``[--png curves.png] [--reference ENV_ID=RANDOM:REFERENCE ...]``, or ``--atari100k`` to score Atari 100k runs.
 
 Per group of runs (same overrides apart from ``seed``, grouped as ``dqnlab.share.plotting`` does), the final greedy
 evaluation (``summary.json`` ``eval/return_mean``) as mean, median and IQM, each with a seeded 95% percentile
@@ -9,11 +8,19 @@ differ only in their env overrides are also aggregated on normalized scores (uni
 defaults in ``dqnlab.share.stats.ENV_SCORES``, override with ``--reference ENV_ID=RANDOM:REFERENCE``) with a
 stratified bootstrap. ``--png`` draws the learning curves: the IQM over seeds with its bootstrap band, one PNG
 per env. The method is rliable's (Agarwal et al. 2021), see ``dqnlab.share.stats``.
+
+``--atari100k``: the runs of ``python train.py experiment=atari100k env.game=<game> seed=<s>`` whose summary
+says the protocol was kept (the others are named on stderr and left out), on human-normalized scores: IQM,
+median and mean of the games' means with 95% stratified bootstrap CIs; beside them DrQ(eps) and SPR on the same
+games from their 100 published runs per game (``docs/results/atari100k/reference/``); the band to land in (the
+5th to 95th percentile of DrQ(eps)'s IQM over ``--draws`` draws of as many of its runs per game as ours); and a
+per-game table of raw scores. See ``dqnlab.share.atari100k``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from dqnlab.share import stats
+from dqnlab.errors import EXIT_CONFIG_ERROR, print_error
+from dqnlab.share import atari100k, stats
 from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
+
+ATARI100K_REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "results" / "atari100k" / "reference"
 
 
 @dataclass
@@ -190,6 +200,60 @@ def write_curves(runs: list[Run], png: Path, metric: str, seed: int) -> list[Pat
     return written
 
 
+def atari100k_scores(runs: list[Run], metric: str) -> tuple[dict[str, dict[int, float]], list[Run], list[str]]:
+    """The final ``metric`` of each finished Atari 100k run that kept the protocol, by reference game and seed.
+
+    Returns:
+        ``(scores, kept, skipped)``: reference game -> seed -> score; the runs scored; one line per run left
+        out, saying why.
+
+    Raises:
+        atari100k.Atari100kError: A run's game is not one of the 26, or two runs share a game and a seed.
+
+    """
+    scores: dict[str, dict[int, float]] = {}
+    where: dict[tuple[str, int], Path] = {}
+    kept, skipped = [], []
+    for run in runs:
+        value = final_value(run, metric)
+        protocol = run.summary.get("protocol")
+        if not run.summary or value is None:
+            skipped.append(f"{run.path}: unfinished (no summary.json or no {metric})")
+        elif protocol != "atari100k":
+            said = f"protocol: {protocol}" if protocol else "no protocol"
+            skipped.append(f"{run.path}: not an Atari 100k run (summary.json {said})")
+        elif run.summary.get("protocol_kept") is not True:
+            # A shortened or lengthened run would compare unlike with the published 100k-step runs.
+            kept_flag = json.dumps(run.summary.get("protocol_kept"))
+            skipped.append(f"{run.path}: protocol not kept (summary.json protocol_kept: {kept_flag})")
+        else:
+            if run.env_id is None:
+                raise atari100k.Atari100kError(f"{run.path}: no env.game in .hydra/config.yaml")
+            game, seed = atari100k.reference_game(run.env_id), int(run.summary.get("seed", -1))
+            if (game, seed) in where:  # counting one seed twice would narrow the CIs for nothing
+                raise atari100k.Atari100kError(
+                    f"two runs of {game} seed {seed}: {where[game, seed]} and {run.path}; pass only one"
+                )
+            where[game, seed] = run.path
+            scores.setdefault(game, {})[seed] = value
+            kept.append(run)
+    return scores, kept, skipped
+
+
+def atari100k_report(runs: list[Run], args: argparse.Namespace) -> tuple[str, list[Run]]:
+    """The ``--atari100k`` tables as Markdown and the runs they score; the skipped runs go to stderr."""
+    scores, kept, skipped = atari100k_scores(runs, args.metric)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not scores:
+        raise atari100k.Atari100kError(
+            f"no finished Atari 100k run that kept the protocol under {', '.join(map(str, args.dirs))}"
+        )
+    reference = atari100k.load_reference(ATARI100K_REFERENCE)
+    comparison = atari100k.compare(scores, reference, reps=args.reps, draws=args.draws, seed=args.seed)
+    return atari100k.format_markdown(comparison, reference), kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or dirs above them (multirun dirs)")
@@ -205,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENV_ID=RANDOM:REFERENCE",
         help="normalization of an env (repeatable); defaults: " + ", ".join(stats.ENV_SCORES),
     )
+    parser.add_argument(
+        "--atari100k", action="store_true", help="score Atari 100k runs beside DrQ(eps) and SPR (see above)"
+    )
+    parser.add_argument("--draws", type=int, default=10_000, help="draws of DrQ(eps) runs for --atari100k's band")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -213,10 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dirs:
         parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
     runs = [load_run(d) for d in run_dirs]
-    groups = collect_groups(runs, args.metric)
-    references = {**stats.ENV_SCORES, **dict(args.reference)}
-    rows = [group_row(g, args.reps, args.seed) for g in groups]
-    text = format_markdown(rows, aggregate_rows(groups, references, args.reps, args.seed), args.metric)
+    if args.atari100k:
+        try:
+            text, runs = atari100k_report(runs, args)
+        except atari100k.Atari100kError as err:  # an unknown game, a duplicate seed: one line, no traceback
+            print_error(err)
+            return EXIT_CONFIG_ERROR
+    else:
+        groups = collect_groups(runs, args.metric)
+        references = {**stats.ENV_SCORES, **dict(args.reference)}
+        rows = [group_row(g, args.reps, args.seed) for g in groups]
+        text = format_markdown(rows, aggregate_rows(groups, references, args.reps, args.seed), args.metric)
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ FLOORS: dict[str, int] = {
     "dqnlab.train": 4,
     "dqnlab.validate": 4,
 }
-MAX_LINES = 425  # "about 400": a module a newcomer can hold in their head
+MAX_LINES = 440  # "about 400" (at most 10% over): a module a newcomer can hold in their head
 
 
 def _module_name(path: Path, root: Path) -> str:

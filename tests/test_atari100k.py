@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from dqnlab.data.collect import EnvStepper
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
 from dqnlab.learn.fast.cpu_compute import Compute, bf16_instructions, candidates, choose
+from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import NatureCNN
 from dqnlab.run.report import describe_update, update_summary
 from tests.conftest import PYTHON, ROOT, compose_cfg
@@ -130,16 +132,18 @@ def test_preset_epsilon_holds_through_the_prefill_then_ramps_over_5000_steps(ale
 
 
 def test_protocol_departure_is_said(tmp_path: Path) -> None:
-    class Module:  # what describe_update reads of a DQNModule
-        q_net = torch.nn.Linear(1, 1)
-        augment = None
-
+    module = DQNModule(NatureCNN((4, 84, 84), 6), partial(torch.optim.Adam, lr=1e-4))
     kept = compose_cfg(["experiment=atari100k"], tmp_path)
     short = compose_cfg(["experiment=atari100k", "env_steps=50000"], tmp_path)
-    assert describe_update(kept, Module()) == ["protocol: atari100k"]
-    assert "NOT kept (env_steps=50,000 instead of 100,000)" in describe_update(short, Module())[0]
-    assert update_summary(kept, Module()) == {"protocol": "atari100k", "protocol_kept": True}
-    assert update_summary(short, Module())["protocol_kept"] is False
+    assert describe_update(kept, module)[1:] == ["protocol: atari100k"]
+    assert "NOT kept (env_steps=50,000 instead of 100,000)" in describe_update(short, module)[1]
+    assert update_summary(kept, module) == {
+        "update_gradients": "autograd",
+        "update_compute": "fp32 NCHW",
+        "protocol": "atari100k",
+        "protocol_kept": True,
+    }
+    assert update_summary(short, module)["protocol_kept"] is False
 
 
 # ------------------------------------------------------------------ how the update computes
@@ -195,7 +199,8 @@ def test_smoke_run_says_how_it_computes_and_resumes_the_same_way(ale: Any, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     log = (run_dir / "train.log").read_text()
-    assert f"update: {summary['update_compute']}" in log and "augmentation DrQAugment(pad=4" in log
+    (line,) = [x for x in log.splitlines() if "update: autograd" in x]  # the Nature CNN: autograd, measured compute
+    assert f"; {summary['update_compute']} (fastest measured" in line and "augmentation DrQAugment(pad=4" in line
     assert summary["protocol"] == "atari100k" and summary["protocol_kept"] is False
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     bf16, last = ckpt["dqn_compute"]["bf16"], ckpt["dqn_compute"]["channels_last"]

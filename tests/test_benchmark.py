@@ -13,7 +13,17 @@ from tests.conftest import PYTHON, ROOT
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "suite",
-    ["cartpole-cpu", "replay-memory", "cartpole-solve", "atari-gpu", "peers", "zoo", "update-floor", "zoo-split"],
+    [
+        "cartpole-cpu",
+        "replay-memory",
+        "cartpole-solve",
+        "atari-gpu",
+        "atari-cpu",
+        "peers",
+        "zoo",
+        "update-floor",
+        "zoo-split",
+    ],
 )
 def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
     cmd = [PYTHON, "scripts/benchmark.py", suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
@@ -55,5 +65,9 @@ def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
         assert 0 < dq["env"] < dq["wall"] - dq["update"]
         assert 0 < sb3["draw"] < sb3["update"] < sb3["wall"]
         assert sb3["env"] == pytest.approx(sb3["wall"] - sb3["update"])
+    if suite == "atari-cpu":  # both updates timed on the same batch, and a short whole run
+        assert result["update_ms"]["dqnlab"] > 0 and result["update_ms"]["bare_fp32"] > 0 and result["ratio"] > 0
+        assert result["compute"] in ("fp32 NCHW", "fp32 channels-last", "bf16 NCHW", "bf16 channels-last")
+        assert result["run"]["updates"] == 100 and result["run"]["env_steps_per_s"] > 0
     if suite == "cartpole-cpu":
         assert result["results"]["dqnlab"]["updates"] == result["results"]["bare"]["updates"] > 0

@@ -151,3 +151,164 @@ def test_two_seed_sweep_gives_a_table_row_and_a_png(tmp_path):
     assert cells[5].split(" [")[0] == f"{np.median(finals):.1f}"
     assert md.read_text().strip() == proc.stdout.split("\nlearning curves:")[0].strip()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- Atari 100k
+REFERENCE_DIR = ROOT / "docs" / "results" / "atari100k" / "reference"
+TEN_GAMES = ["Alien", "Assault", "Boxing", "Breakout", "Freeway", "Krull", "MsPacman", "Pong", "Qbert", "Seaquest"]
+
+
+def test_stratified_bootstrap_of_means_weighs_each_env_once():
+    # Env a has one run at 0, env b three at 1: the mean of the env means is 0.5 (the pooled mean would be
+    # 0.75), and every resample keeps both means, so the interval is the point.
+    ci = stats.stratified_bootstrap_of_means({"a": [0.0], "b": [1.0, 1.0, 1.0]}, stats.mean)
+    assert (ci.value, ci.low, ci.high) == (0.5, 0.5, 0.5)
+    median = stats.stratified_bootstrap_of_means({"a": [0, 2], "b": [5, 5], "c": [9, 9]}, stats.median, seed=1)
+    assert median.value == 5.0 and median.low == median.high == 5.0  # b's mean is the middle one in every resample
+
+
+def test_subsample_interval_draws_without_replacement():
+    scores = {"a": [0.0, 1.0, 2.0], "b": [10.0, 11.0]}
+    every_run = stats.subsample_interval(scores, {"a": 3, "b": 2}, stats.mean, draws=50)
+    assert every_run == pytest.approx((24 / 5, 24 / 5))  # drawing all 5 runs: their mean in every draw
+    low, high = stats.subsample_interval({"a": [0.0, 1.0]}, 1, stats.mean, draws=2000, coverage=0.9)
+    assert (low, high) == (0.0, 1.0)  # each of the two runs in about half of the draws
+    with pytest.raises(ValueError, match="without replacement"):
+        stats.subsample_interval(scores, 3, stats.mean)
+
+
+def test_atari100k_names_cover_the_26_reference_games():
+    from dqnlab.share import atari100k
+
+    for name in ("DrQ_eps.json", "SPR.json", "HUMAN.json", "RANDOM.json"):
+        assert set(json.loads((REFERENCE_DIR / name).read_text())) == set(atari100k.GAMES.values()), name
+    assert len(atari100k.GAMES) == 26
+    for rom, name in atari100k.GAMES.items():
+        assert atari100k.reference_game(rom) == name
+    spellings = {
+        "ms_pacman": "MsPacman",
+        "MsPacman": "MsPacman",
+        "ALE/MsPacman-v5": "MsPacman",
+        "up_n_down": "UpNDown",
+        "kung_fu_master": "KungFuMaster",
+        "private_eye": "PrivateEye",
+        "james_bond": "Jamesbond",
+        "jamesbond": "Jamesbond",
+        "battle_zone": "BattleZone",
+    }
+    assert {s: atari100k.reference_game(s) for s in spellings} == spellings
+    for unknown in ("space_invaders", "pacman", ""):
+        with pytest.raises(atari100k.Atari100kError, match="not one of the 26"):
+            atari100k.reference_game(unknown)
+
+
+def test_atari100k_reference_aggregates_are_the_published_ones():
+    # Agarwal et al. 2021 (rliable), Atari 100k: DrQ(eps) and SPR over all 100 runs of all 26 games.
+    from dqnlab.share import atari100k
+
+    reference = atari100k.load_reference(REFERENCE_DIR)
+    games = sorted(atari100k.GAMES.values())
+    published = {"DrQ(eps)": (0.280, 0.313, 0.465), "SPR": (0.337, 0.396, 0.616)}  # IQM, median, mean
+    for method, values in published.items():
+        agg = atari100k.aggregate(reference.normalized(method, games), reps=200)
+        assert [agg[s].value for s in atari100k.STATISTICS] == pytest.approx(values, abs=5e-4), method
+        assert all(agg[s].low < agg[s].value < agg[s].high for s in atari100k.STATISTICS)
+
+
+def test_atari100k_band_of_three_drq_runs_on_ten_games():
+    # DrQ(eps)'s IQM on these 10 games is 0.372 over its 100 runs per game; 3 runs per game land in
+    # [0.302, 0.461] in 90% of draws (the draws are random: a small tolerance).
+    from dqnlab.share import atari100k
+
+    reference = atari100k.load_reference(REFERENCE_DIR)
+    scores = reference.normalized("DrQ(eps)", TEN_GAMES)
+    assert stats.iqm(np.concatenate(list(scores.values()))) == pytest.approx(0.372, abs=5e-4)
+    low, high = stats.subsample_interval(scores, 3, stats.iqm, draws=10_000, coverage=0.90, seed=0)
+    assert low == pytest.approx(0.302, abs=0.01) and high == pytest.approx(0.461, abs=0.01)
+
+
+def _atari100k_run(root, game: str, seed: int, score: float | None, kept: bool = True):
+    """A run dir as ``train.py experiment=atari100k`` leaves it (``score`` None: not finished)."""
+    run = root / f"{game}_s{seed}"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"protocol: atari100k\nenv_steps: 100000\nenv:\n  game: {game}\n")
+    (run / ".hydra" / "overrides.yaml").write_text(f"- experiment=atari100k\n- env.game={game}\n- seed={seed}\n")
+    (run / "metrics.csv").write_text("step,rollout/return_ma100\n5000,1.0\n")
+    if score is not None:
+        summary = {"eval/return_mean": score, "protocol": "atari100k", "protocol_kept": kept, "seed": seed}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def _results(*args: str) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, "scripts/results.py", "--atari100k", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _row(stdout: str, first: str) -> list[str]:
+    (line,) = [x for x in stdout.splitlines() if x.startswith(f"| {first} |")]
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _estimate(cell: str) -> tuple[float, float, float]:
+    value, interval = cell.split(" [")
+    low, high = interval.rstrip("]").split(", ")
+    return float(value), float(low), float(high)
+
+
+@pytest.mark.slow  # a subprocess, about a second
+def test_atari100k_table_on_hand_made_runs(tmp_path):
+    from scipy.stats import trim_mean
+
+    # Boxing: random 0.1, human 12.1; Pong: random -20.7, human 14.6. Normalized: Boxing 0.75 and 1.0, Pong 0.0
+    # and 0.5. IQM of the four (the middle two, 0.5 and 0.75) 0.625; the game means 0.875 and 0.25, their mean
+    # and median 0.5625. A resample draws each game's two runs with replacement: the lowest IQM (Boxing 0.75
+    # twice, Pong 0 twice) is 0.375, the highest (1.0 twice, 0.5 twice) 0.75, each with probability 1/16 >
+    # 2.5%, so those are the CI ends; the same holds for the mean of the game means.
+    for game, seed, score in [("boxing", 0, 9.1), ("boxing", 1, 12.1), ("pong", 0, -20.7), ("pong", 1, -3.05)]:
+        _atari100k_run(tmp_path, game, seed, score)
+    short = _atari100k_run(tmp_path, "pong", 2, 14.6, kept=False)
+    going = _atari100k_run(tmp_path, "pong", 3, None)
+    md = tmp_path / "atari100k.md"
+    proc = _results(str(tmp_path), "--markdown", str(md), "--draws", "2000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = _row(proc.stdout, "dqnlab")
+    assert ours[1:3] == ["2", "4"]
+    assert _estimate(ours[3]) == pytest.approx((0.625, 0.375, 0.75), abs=1e-3)  # IQM
+    assert _estimate(ours[4]) == pytest.approx((0.5625, 0.375, 0.75), abs=1e-3)  # median
+    assert _estimate(ours[5]) == pytest.approx((0.5625, 0.375, 0.75), abs=1e-3)  # mean
+    # DrQ(eps) on the same two games, all its runs, recomputed here from the reference files.
+    ref = {n: json.loads((REFERENCE_DIR / f"{n}.json").read_text()) for n in ("DrQ_eps", "HUMAN", "RANDOM")}
+    drq = {
+        g: (np.array(ref["DrQ_eps"][g]) - ref["RANDOM"][g][0]) / (ref["HUMAN"][g][0] - ref["RANDOM"][g][0])
+        for g in ("Boxing", "Pong")
+    }
+    row = _row(proc.stdout, "DrQ(eps) (published runs)")
+    assert row[2] == "200"
+    assert _estimate(row[3])[0] == pytest.approx(trim_mean(np.concatenate(list(drq.values())), 0.25), abs=1e-3)
+    assert _estimate(row[5])[0] == pytest.approx(np.mean([v.mean() for v in drq.values()]), abs=1e-3)
+    assert "SPR (published runs)" in proc.stdout
+    (band,) = [x for x in proc.stdout.splitlines() if x.startswith("Band to land in")]
+    assert "drawing 2 of its 100 runs per game" in band and "2,000 times" in band
+    boxing, pong = _row(proc.stdout, "Boxing"), _row(proc.stdout, "Pong")
+    assert boxing[1:5] == ["2", "10.60", "9.10 (s0), 12.10 (s1)", "0.875"]
+    assert pong[1:5] == ["2", "-11.88", "-20.70 (s0), -3.05 (s1)", "0.250"]
+    assert float(boxing[5]) == pytest.approx(np.mean(ref["DrQ_eps"]["Boxing"]), abs=0.05)
+    # The skipped runs are named on stderr with the reason; the Markdown file holds what was printed.
+    assert f"skipped {short}: protocol not kept" in proc.stderr
+    assert f"skipped {going}: unfinished" in proc.stderr
+    assert md.read_text().strip() == proc.stdout.strip()
+
+
+@pytest.mark.slow  # a subprocess, about a second
+def test_atari100k_unknown_game_and_duplicate_seed_are_one_error_line(tmp_path):
+    _atari100k_run(tmp_path / "a", "pong", 0, -20.0)
+    _atari100k_run(tmp_path / "a", "space_invaders", 0, 300.0)
+    proc = _results(str(tmp_path / "a"))
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: env.game='space_invaders' is not one of the 26 Atari 100k games")
+    _atari100k_run(tmp_path / "b" / "again", "pong", 0, -19.0)
+    _atari100k_run(tmp_path / "b", "pong", 0, -20.0)
+    proc = _results(str(tmp_path / "b"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: two runs of Pong seed 0")

@@ -32,8 +32,20 @@ def compose(overrides: list[str]):
     return cfg
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) ...``): the shared machines change between sessions."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = _cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 

@@ -23,6 +23,8 @@ from dqnlab.learn.networks import noisy_layers, resample_noise
 from dqnlab.learn.rl_math import TDLoss, categorical_td_loss, dqn_loss, expected_q, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# What a subclass may redefine to change the algorithm; the hand-written update steps aside when it does.
+EXTENSION_POINTS = ("td_loss", "q_values", "forward")
 _NO_STEP = 2**62  # "no non-finite gradient step yet" in DQNModule._nonfinite_first
 
 
@@ -110,6 +112,7 @@ class DQNModule(pl.LightningModule):
         precision: str = "auto",
         channels_last: bool | str = "auto",
         augment: Callable[[Tensor], Tensor] | None = None,
+        fast_update: bool | str = "auto",
     ) -> None:
         super().__init__()
         if cuda_graph not in (True, False, "auto"):
@@ -157,8 +160,14 @@ class DQNModule(pl.LightningModule):
         self._online_params = list(self.q_net.parameters())
         # A plain ReLU MLP's loss gradients are written out by hand (learn/fast/mlp_update.py): same numbers,
         # fewer ops.
+        # Only where it computes what td_loss computes: the stock loss, and no subclass redefining the TD loss or
+        # the Q-values (EXTENSION_POINTS); algo.fast_update=false forces autograd.
         online, target = plain_relu_layers(self.q_net), plain_relu_layers(self.target_net)
-        self._mlp = (online, target) if online and target and loss in ("mse", "huber") else None
+        if fast_update not in (True, False, "auto"):
+            raise ValueError(f"algo.fast_update={fast_update!r}: use auto or false")
+        self.overridden = [n for n in EXTENSION_POINTS if getattr(type(self), n) is not getattr(DQNModule, n)]
+        stock = loss in ("mse", "huber") and not self.overridden and fast_update is not False
+        self._mlp = (online, target) if online and target and stock else None
         self._runner: GraphedUpdate | None = None  # runs (and on a GPU records) the update; configure_optimizers
         self.precision, self.channels_last = precision, channels_last
         self.compute = Compute(False, False, {})  # how a conv net's update runs on a CPU: pick_compute
@@ -402,6 +411,11 @@ class DQNModule(pl.LightningModule):
         opt_state = [t for st in optimizer.state.values() for t in st.values() if isinstance(t, Tensor)]
         counters = [self._metric_sums, self._step_t, self._nonfinite_count, self._nonfinite_first]
         return [*(p.data for p in self._online_params), *opt_state, *counters]
+
+    @property
+    def gradients(self) -> str:
+        """How the update's gradients are computed: ``hand-written`` (learn/fast/mlp_update.py) or ``autograd``."""
+        return "hand-written" if self._mlp is not None else "autograd"
 
     @property
     def update_path(self) -> str:

@@ -62,11 +62,20 @@ def _protocol_kept(cfg: DictConfig) -> str | None:
 
 
 def describe_update(cfg: DictConfig, module: Any) -> list[str]:
-    """Lines after the header: how a conv net's update computes, augmentation, and a protocol departed from."""
-    lines = []
-    if hasattr(module.q_net, "set_compute"):
-        augment = f"; augmentation {module.augment!r}" if module.augment is not None else ""
-        lines.append(f"update: {module.compute.describe()}{augment}")
+    """Lines after the header: how the update computes (gradients, a conv net's precision and layout,
+    augmentation), and a benchmark protocol the run departs from.
+    """
+    if module.gradients == "hand-written":
+        grads = (
+            "hand-written gradients of the stock TD loss (learn/fast/mlp_update.py; algo.fast_update=false: autograd)"
+        )
+    elif module.overridden:
+        grads = f"autograd: {type(module).__name__} redefines {', '.join(module.overridden)}"
+    else:
+        grads = "autograd"
+    compute = f"; {module.compute.describe()}" if hasattr(module.q_net, "set_compute") else ""
+    augment = f"; augmentation {module.augment!r}" if module.augment is not None else ""
+    lines = [f"update: {grads}{compute}{augment}"]
     if cfg.get("protocol"):
         departs = _protocol_kept(cfg)
         lines.append(
@@ -76,8 +85,8 @@ def describe_update(cfg: DictConfig, module: Any) -> list[str]:
 
 
 def update_summary(cfg: DictConfig, module: Any) -> dict[str, Any]:
-    """``summary.json``'s keys for the same: the compute of a conv net, and the protocol and whether it was kept."""
-    out: dict[str, Any] = {}
+    """``summary.json``'s keys for the same: the gradients, a conv net's compute, the protocol and if it was kept."""
+    out: dict[str, Any] = {"update_gradients": module.gradients}
     if hasattr(module.q_net, "set_compute"):
         out["update_compute"] = module.compute.name
     if cfg.get("protocol"):

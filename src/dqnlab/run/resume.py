@@ -22,22 +22,6 @@ from dqnlab.data.collect import EnvStepper
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
-# Config keys that may differ between a run and its resume without changing what is trained.
-_RESUME_IGNORED_KEYS = (
-    "paths.",
-    "hydra.",
-    "logger.",
-    "checkpoint.",
-    "ckpt_path",
-    "progress_bar",
-    "torch_threads",
-    "flush_denormal",
-    "nonfinite",
-    "trainer.default_root_dir",
-)
-
 
 def collect_rng_states() -> dict[str, Any]:
     """The global RNG states of Python, NumPy and torch (CPU, and CUDA when it is in use).

@@ -5,7 +5,9 @@ Precipice", NeurIPS): report the interquartile mean (IQM, the mean of the middle
 and median, each with a 95% percentile bootstrap confidence interval over runs, and aggregate several envs on
 normalized scores with a stratified bootstrap (runs resampled within each env). The method is taken, not the
 dependency: rliable pulls about 24 packages (arch, statsmodels, pandas, seaborn) for what is a few lines of
-NumPy and ``scipy.stats.trim_mean`` here. Every bootstrap is seeded, so a table is reproducible.
+NumPy and ``scipy.stats.trim_mean`` here. Every bootstrap is seeded, so a table is reproducible. Across envs,
+rliable's median and mean are of the envs' mean scores (:func:`stratified_bootstrap_of_means`), and
+:func:`subsample_interval` says where a few runs of a method published with many runs per env would land.
 
 Pure functions on arrays; no I/O.
 """
@@ -116,6 +118,83 @@ def stratified_bootstrap_ci(
     rng = np.random.default_rng(seed)
     pooled = np.concatenate([a[_resample_indices(len(a), reps, rng)] for a in arrays], axis=1)
     return _estimate(float(statistic(np.concatenate(arrays))), statistic(pooled), confidence)
+
+
+def stratified_bootstrap_of_means(
+    scores: Mapping[str, np.ndarray | Sequence[float]],
+    statistic: Statistic = median,
+    reps: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """``statistic`` across envs of each env's mean score, with a stratified percentile bootstrap CI.
+
+    rliable's median and mean aggregates: the median (or mean) of the per-env mean scores, so an env counts
+    once whatever its number of runs (a pooled median would be a median of runs). Each resample draws within
+    every env as many runs as it has, with replacement, in the same order and from the same seed as
+    :func:`stratified_bootstrap_ci`: with one seed, the IQM's interval and this one come from the same resamples.
+
+    Args:
+        scores: Env name -> one (normalized) score per run; envs may have different numbers of runs.
+        statistic: Reduces the last axis, the envs' means (``median``, ``mean``).
+        reps: Bootstrap resamples.
+        confidence: Coverage of the interval.
+        seed: Seed of the resampling (envs in sorted-name order).
+
+    """
+    envs = sorted(scores)
+    if not envs:
+        raise ValueError("stratified_bootstrap_of_means needs at least one env")
+    arrays = [np.asarray(scores[e], dtype=float) for e in envs]
+    rng = np.random.default_rng(seed)
+    means = np.stack([a[_resample_indices(len(a), reps, rng)].mean(axis=1) for a in arrays], axis=1)
+    value = float(statistic(np.array([a.mean() for a in arrays])))
+    return _estimate(value, statistic(means), confidence)
+
+
+def subsample_interval(
+    scores: Mapping[str, np.ndarray | Sequence[float]],
+    runs: Mapping[str, int] | int,
+    statistic: Statistic = iqm,
+    draws: int = 10_000,
+    coverage: float = 0.90,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Where ``statistic`` of a few runs lands when they are drawn from a method with many runs per env.
+
+    The question a reproduction asks: with 3 seeds per game, how far from a published method's all-runs value
+    can a faithful re-implementation land by luck alone? Each draw takes, within every env, ``runs`` of its
+    runs without replacement (a seed is not run twice) and pools them; the interval holds ``coverage`` of the
+    draws' statistic.
+
+    Args:
+        scores: Env name -> (normalized) score of each of the method's runs.
+        runs: Runs drawn per env: one count for all envs, or env name -> count (at most that env's runs).
+        statistic: Reduces the last axis of the pooled draw.
+        draws: Random draws.
+        coverage: Share of the draws inside the interval (0.90: the 5th and 95th percentiles).
+        seed: Seed of the draws (envs in sorted-name order).
+
+    Returns:
+        ``(low, high)``.
+
+    """
+    envs = sorted(scores)
+    if not envs:
+        raise ValueError("subsample_interval needs at least one env")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for env in envs:
+        x = np.asarray(scores[env], dtype=float)
+        k = runs if isinstance(runs, int) else runs[env]
+        if not 1 <= k <= len(x):
+            raise ValueError(f"cannot draw {k} of the {len(x)} runs of {env} without replacement")
+        # The k smallest of n uniform keys are a uniformly random k-subset; argpartition finds them in O(n).
+        keys = rng.random((draws, len(x)))
+        parts.append(x[np.argpartition(keys, k - 1, axis=1)[:, :k]])
+    tail = 100 * (1 - coverage) / 2
+    low, high = np.percentile(statistic(np.concatenate(parts, axis=1)), [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _estimate(value: float, samples: np.ndarray, confidence: float) -> Estimate:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dqnlab.learn.networks import MLP, MinAtarCNN
+from dqnlab.learn.rl_math import td_target
 
 
 class MLPTDGrads(NamedTuple):
@@ -188,12 +189,7 @@ def mlp_td_grads(
     taken = actions.unsqueeze(1)
     q_taken = q.gather(1, taken).squeeze(1)
     next_target = _forward(target, next_obs.float())[0]
-    if double:
-        next_v = next_target.gather(1, q_all[b:].argmax(dim=1, keepdim=True)).squeeze(1)
-    else:
-        next_v = next_target.amax(dim=1)
-    # A masked fill, not a multiply by ~terminated: a bool operand costs a conversion, and the values are the same.
-    y = rewards + (discounts * next_v).masked_fill_(terminated, 0.0)
+    y = td_target(rewards, terminated, next_target, discounts, q_all[b:] if double else None)  # the one definition
     td = q_taken - y
     scale = 1.0 / b if weights is None else weights / b  # d mean(w * l) / d l
     if loss == "mse":

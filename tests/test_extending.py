@@ -1,0 +1,49 @@
+"""A change to the algorithm is honored on every path: a DQNModule subclass that redefines an extension point
+(the TD loss, the Q-values, the forward pass) runs through autograd, never the hand-written MLP update."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from dqnlab.learn.module import EXTENSION_POINTS, DQNModule
+from dqnlab.learn.networks import MLP
+from tests.conftest import PYTHON, ROOT
+from tests.custom_algos import ZeroLossDQN
+
+
+def _module(cls: type[DQNModule] = DQNModule, **kwargs: object) -> DQNModule:
+    return cls(MLP((4,), 2, hidden_sizes=[16, 16]), partial(torch.optim.Adam, lr=1e-3), **kwargs)
+
+
+def test_the_hand_written_update_steps_aside_for_a_subclass_or_the_knob() -> None:
+    class OwnQValues(DQNModule):
+        def q_values(self, out: torch.Tensor) -> torch.Tensor:
+            return out * 2.0
+
+    assert _module().gradients == "hand-written" and _module().overridden == []
+    assert _module(ZeroLossDQN).gradients == "autograd" and _module(ZeroLossDQN).overridden == ["td_loss"]
+    assert _module(OwnQValues).overridden == ["q_values"] and _module(OwnQValues).gradients == "autograd"
+    assert _module(fast_update=False).gradients == "autograd"
+    assert set(EXTENSION_POINTS) == {"td_loss", "q_values", "forward"}
+
+
+@pytest.mark.slow
+def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path) -> None:
+    def run(name: str, *overrides: str) -> tuple[dict, str]:
+        cmd = [PYTHON, "train.py", "env_steps=20000", "progress_bar=false", f"hydra.run.dir={tmp_path / name}"]
+        proc = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / name / "summary.json").read_text()), (tmp_path / name / "train.log").read_text()
+
+    zero, log = run("zero", "algo._target_=tests.custom_algos.ZeroLossDQN")
+    assert "update: autograd: ZeroLossDQN redefines td_loss" in log
+    assert zero["update_gradients"] == "autograd" and zero["eval/return_mean"] < 30
+    stock, log = run("stock")  # the control: the same budget learns with the stock loss
+    assert "update: hand-written gradients" in log
+    assert stock["update_gradients"] == "hand-written" and stock["eval/return_mean"] > 100
