@@ -14,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from gymnasium.vector import VectorEnv
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
@@ -23,14 +24,13 @@ from dqnlab.data.collect import EnvStepper
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.envs.vector import match_frame_stacking, torch_dtype
 from dqnlab.envs.video import make_render_env
-from dqnlab.io import atomic_write_json, remove_stale_temp_files
+from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import build_network
 from dqnlab.run.checkpoint import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
     DQNCheckpoint,
-    config_changes,
     peek_checkpoint,
     resolve_ckpt_path,
 )
@@ -40,6 +40,7 @@ from dqnlab.run.nonfinite import NonFiniteGuard
 from dqnlab.run.progress import EnvStepProgressBar
 from dqnlab.run.report import as_counts, cpu_hint, describe_run, describe_update, format_summary, update_summary
 from dqnlab.run.resume import ResumeState
+from dqnlab.run.resume_config import restore_config
 from dqnlab.run.stopping import SignalStop, StopOnSignal
 from dqnlab.run.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
 from dqnlab.validate import validate_config, validate_env
@@ -214,6 +215,20 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / CHECKPOINT_DIR
 
 
+def restore_run_config(cfg: DictConfig, saved: dict[str, Any], out_dir: Path) -> DictConfig:
+    """The checkpoint's run config with the command line's allowed changes (:mod:`dqnlab.run.resume_config`),
+    checked like any config and written to the run dir's ``.hydra/config.yaml``, where the run's config is read.
+    """
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    restored, changed = restore_config(cfg, saved, overrides)
+    validate_config(restored)
+    said = f"; the command line changed {'; '.join(changed)}" if changed else ""
+    log.info("the run's config is restored from the checkpoint%s", said)
+    if (out_dir / ".hydra").is_dir():
+        atomic_write_bytes(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(restored).encode())
+    return restored
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train one DQN agent as configured and return the run summary (also written to ``summary.json``).
 
@@ -229,23 +244,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     _quiet_lightning()
     out_dir = Path(cfg.paths.output_dir)
     check_writable_dir(out_dir, "paths.output_dir")
-    if cfg.get("torch_threads"):
-        torch.set_num_threads(int(cfg.torch_threads))
-    pl.seed_everything(cfg.seed, verbose=False)
 
     # A requeued SLURM job resumes from its run dir's last.ckpt (cluster/slurm.py); a corrupt last.ckpt: ConfigError.
     ckpt_path = resolve_ckpt_path(requeue_ckpt_path(cfg.get("ckpt_path")), checkpoint_dir(cfg))
-    for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
-        remove_stale_temp_files(folder)
     earlier_rows: list[dict[str, Any]] = []
     if ckpt_path is not None:
         resume = peek_checkpoint(ckpt_path)
         log.info("resuming from %s at env step %d", ckpt_path, resume["env_steps"])
-        changes = config_changes(resume["config"], cfg)
-        if changes:
-            log.warning("the config differs from the checkpoint's run in: %s", "; ".join(changes[:12]))
+        if resume["config"]:  # the run's own config, with what the command line may change laid over it
+            cfg = restore_run_config(cfg, resume["config"], out_dir)
         # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger starts anew).
         earlier_rows = read_metric_rows(out_dir / "metrics.csv", resume["env_steps"])
+    for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
+        remove_stale_temp_files(folder)
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(cfg.seed, verbose=False)
 
     parts: Components | None = None
     failed = True

@@ -36,8 +36,10 @@ from dqnlab.envs import checks as env_checks
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
 from dqnlab.learn import checks as learn_checks
 from dqnlab.run import checks as run_checks
+from dqnlab.run.checkpoint import peek_checkpoint
 from dqnlab.run.checks import GROUPS, check_writable_dir, unknown_top_level_key
 from dqnlab.run.ckpt_file import check_checkpoint
+from dqnlab.run.resume_config import restore_config
 
 if TYPE_CHECKING:
     from gymnasium.vector import VectorEnv
@@ -151,6 +153,57 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
     data_checks.check_buffer_fits(cfg, env)
 
 
+def _newest_run_with_a_checkpoint(root: Path) -> Path | None:
+    """The most recent ``<run dir>`` under ``root`` (``outputs/``) with a ``checkpoints/last.ckpt``."""
+    found = sorted(root.glob("*/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime_ns) if root.is_dir() else []
+    return found[-1].parent.parent if found else None
+
+
+def check_run_dir(config: DictConfig) -> None:
+    """Before Hydra creates the run dir: a resume that cannot resume, or a new run over an old one, is refused.
+
+    - ``ckpt_path=last`` needs the run dir that holds the run: without ``hydra.run.dir`` Hydra makes a new,
+      empty timestamped dir, which never holds a ``last.ckpt``.
+    - A run dir that holds a run (``summary.json`` or ``checkpoints/last.ckpt``) is never overwritten by a new
+      run; it is resumed with ``ckpt_path=last``.
+    - ``ckpt_path`` with overrides a resume cannot take (:mod:`dqnlab.run.resume_config`): refused here, before
+      any file is written, with the run's own values in the message.
+
+    Raises:
+        ConfigError: Naming what to do instead.
+
+    """
+    run_dir = Path(str(config.hydra.run.dir))
+    ckpt_path = select(config, "ckpt_path")
+    chose_dir = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in config.hydra.overrides.hydra)
+    if ckpt_path == "last" and not chose_dir and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        newest = _newest_run_with_a_checkpoint(run_dir.parent.parent)
+        example = f" (the newest run with one: hydra.run.dir={newest})" if newest else ""
+        raise ConfigError(
+            "ckpt_path=last resumes the run in hydra.run.dir, but none was given, so this would be a new, empty "
+            f"run dir: add hydra.run.dir=<the run's dir>{example}, or give the file: "
+            "ckpt_path=<run dir>/checkpoints/last.ckpt"
+        )
+    if not ckpt_path:
+        held = [name for name in ("summary.json", "checkpoints/last.ckpt") if (run_dir / name).is_file()]
+        if held:
+            raise ConfigError(
+                f"hydra.run.dir={run_dir} holds a run ({', '.join(held)}): resume it with ckpt_path=last, or choose "
+                "another hydra.run.dir for a new run"
+            )
+        return
+    path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(str(ckpt_path)).expanduser()
+    if not path.is_file() or check_checkpoint(str(path)):
+        return  # ckpt_path=last with nothing to resume starts fresh; an unreadable file is validate_config's
+    saved = peek_checkpoint(str(path))["config"]
+    if saved:
+        task = OmegaConf.to_container(config, resolve=False)
+        assert isinstance(task, dict)
+        task.pop("hydra", None)
+        task.setdefault("paths", {})["output_dir"] = str(run_dir)  # ${hydra:...} cannot resolve before the run
+        restore_config(OmegaConf.create(task), saved, list(config.hydra.overrides.task))
+
+
 class ValidateOnStart(Callback):
     """Hydra callback: validate before Hydra creates the run directory (see the module docstring).
 
@@ -159,9 +212,10 @@ class ValidateOnStart(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the whole config, then that ``hydra.run.dir`` is writable."""
+        """Check the whole config and what the run dir holds, then that ``hydra.run.dir`` is writable."""
         try:
             validate_config(config)
+            check_run_dir(config)
             check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
         except ConfigError as err:
             self._exit(err)

@@ -19,7 +19,6 @@ stable across runs whatever their settings.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,11 @@ import pytorch_lightning as pl
 import torch
 from fsspec.utils import get_protocol
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dqnlab.data.collect import EnvStepper
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_open
-from dqnlab.legacy import upgrade_targets
 from dqnlab.run.ckpt_file import check_checkpoint, load_checkpoint
 from dqnlab.run.stopping import Interrupted, SignalStop
 
@@ -41,19 +38,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
-# Config keys that may differ between a run and its resume without changing what is trained.
-_RESUME_IGNORED_KEYS = (
-    "paths.",
-    "hydra.",
-    "logger.",
-    "checkpoint.",
-    "ckpt_path",
-    "progress_bar",
-    "torch_threads",
-    "flush_denormal",
-    "nonfinite",
-    "trainer.default_root_dir",
-)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -276,26 +260,3 @@ def peek_checkpoint(path: str) -> dict[str, Any]:
         "global_step": int(ckpt.get("global_step", 0)),
         "config": (ckpt.get("dqnlab") or {}).get("config"),
     }
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
-def config_changes(saved: Mapping[str, Any] | None, cfg: DictConfig) -> list[str]:
-    """``key: old -> new`` for each training-relevant config value that differs from the checkpoint's run."""
-    if not saved:
-        return []
-    old = _flatten(upgrade_targets(dict(saved)))  # a run written before the package had folders
-    new = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
-        for k in keys
-        if old.get(k) != new.get(k) and not k.startswith(_RESUME_IGNORED_KEYS)
-    ]

@@ -92,8 +92,8 @@ class NonFiniteGuard(Callback):
         raise TrainingError(
             f"{what}.\n"
             f"Saved the last finite state to {path} (the parameters never took a non-finite value).\n"
-            f"Try {self._hints(pl_module)}; resume with `python train.py ckpt_path={path} <the change> "
-            "[same overrides]`, or start afresh. nonfinite=warn logs a warning and goes on instead."
+            f"Try {self._hints(pl_module)}; resume with `python train.py ckpt_path={path} <the change>` (the run's "
+            "own config comes back), or start afresh. nonfinite=warn logs a warning and goes on instead."
         )
 
     def save(self, trainer: pl.Trainer) -> Path:

@@ -140,7 +140,7 @@ def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | Non
             "next:    " + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true") + "   # play it, film it",
             "         "
             + _cmd("train.py", f"ckpt_path={ckpt}", f"env_steps={2 * int(summary['env_steps'])}")
-            + "   # train it further (with the same overrides)",
+            + "   # train it further (the run's own config comes back)",
             "         " + _cmd("scripts/plot.py", str(out_dir)) + "   # learning curve",
         ]
     return "\n".join(lines)

@@ -65,7 +65,7 @@ class Interrupted(SystemExit):
             )
         return (
             f"stopped by {name} at env step {self.env_steps}: saved {self.checkpoint}; "
-            f"resume with `python train.py ckpt_path={self.checkpoint}` and the same overrides"
+            f"resume with `python train.py ckpt_path={self.checkpoint}` (the run's own config comes back)"
         )
 
 

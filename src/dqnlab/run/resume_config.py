@@ -1,0 +1,158 @@
+"""A resume continues the run it was: the checkpoint's config is rebuilt, and the command line changes only what
+it names, and only where a change keeps the experiment the same.
+
+``python train.py ckpt_path=<run>/checkpoints/last.ckpt env_steps=60000`` composes today's defaults (CartPole's)
+before dqnlab sees the checkpoint; :func:`restore_config` puts the run's own config back (every checkpoint
+holds it, resolved, as plain data) and lays over it only the keys the command line names:
+
+- keys that may change under a resume (:data:`MAY_CHANGE`: the budget, evaluation, checkpointing, logging,
+  progress, threads, the device) take the command line's value;
+- any other key the command line names must keep the run's value, or the resume is refused with one line per
+  key (``seed=5``, ``env=pong``, ``optimizer.lr=1e-3``: a different experiment is a new run);
+- keys the command line does not name keep the run's value, whatever the defaults are today;
+- where the run's files go follows this run dir (paths the old run dir rooted are re-rooted here).
+
+Schedules stay where the run set them: an epsilon ramp given as a fraction of ``env_steps`` is fixed, in env
+steps, at the fraction of the run's first budget, so extending a run does not restart its exploration.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dqnlab.errors import ConfigError
+from dqnlab.legacy import upgrade_targets
+
+# Keys (and key prefixes, ending in ".") whose value may differ between a run and its resume: they change how
+# long it runs, how it is watched and saved, and where it computes, not what it learns.
+MAY_CHANGE = (
+    "env_steps",
+    "eval.",
+    "checkpoint.",
+    "logger.",
+    "progress_bar",
+    "torch_threads",
+    "flush_denormal",
+    "nonfinite",
+    "optimized_metric",
+    "ckpt_path",
+    "paths.",
+    "trainer.",
+    "buffer.device",
+    "buffer.memory_fraction",
+    "collector.log_every",
+    "collector.async_envs",
+    "env.num_threads",
+    # What a run stopped by non-finite updates is resumed with (run/nonfinite.py names them): a deliberate change
+    # of the optimization, recorded in .hydra/config.yaml and said in the log.
+    "optimizer.lr",
+    "algo.max_grad_norm",
+    "algo.loss",
+)
+# Groups placed at the top level (`# @package _global_`): they may set any key, so naming one names them all.
+GLOBAL_GROUPS = ("experiment", "debug", "hparams", "hparams_search")
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "<absent>" if value is _ABSENT else str(value)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def may_change(key: str) -> bool:
+    """Whether ``key`` may take another value in a resume (see :data:`MAY_CHANGE`)."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in MAY_CHANGE)
+
+
+def named_keys(overrides: list[str]) -> set[str]:
+    """The config keys a command line's overrides name: ``a.b=1`` names ``a.b``, a group ``env=pong`` names
+    ``env`` (all its keys), a global group (``experiment=...``) names everything (``""``).
+    """
+    named = set()
+    for text in overrides:
+        key = re.split(r"=", text.lstrip("+~"), maxsplit=1)[0].split("@")[0].replace("/", ".")
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        named.add("" if key.split(".")[0] in GLOBAL_GROUPS else key)
+    return named
+
+
+def _is_named(key: str, named: set[str]) -> bool:
+    return any(n == "" or key == n or key.startswith(n + ".") for n in named)
+
+
+def _reroot(value: Any, old_dir: str | None, new_dir: str) -> Any:
+    """A path under the old run dir, moved under this run's dir."""
+    if isinstance(value, str) and old_dir and (value == old_dir or value.startswith(old_dir.rstrip("/") + "/")):
+        return new_dir + value[len(old_dir) :]
+    return value
+
+
+def restore_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[str] | None) -> tuple[DictConfig, list[str]]:
+    """The config a resume runs: the checkpoint's run config with the command line's named keys laid over it.
+
+    Args:
+        cfg: The config Hydra composed for this command (today's defaults plus the overrides).
+        saved: The run's resolved config stored in the checkpoint.
+        overrides: The command line's overrides (Hydra's ``overrides.task``); ``None`` when unknown (the compose
+            API): then every key counts as named, and must match the run unless it may change.
+
+    Returns:
+        The restored config and, for the log, the keys the command line changed (``key: run's -> now``).
+
+    Raises:
+        ConfigError: The command line changes keys a resume cannot change (one line each).
+
+    """
+    saved = upgrade_targets(saved)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(now, dict)
+    named = {""} if overrides is None else named_keys(overrides)
+    old_dir = (saved.get("paths") or {}).get("output_dir")
+    new_dir = str(cfg.paths.output_dir)
+    flat_saved = {k: _reroot(v, old_dir, new_dir) for k, v in _flatten(saved).items()}
+    flat_now = _flatten(now)
+    merged, changed, refused = dict(flat_saved), [], []
+    for key in sorted(set(flat_saved) | set(flat_now)):
+        old, new = flat_saved.get(key, _ABSENT), flat_now.get(key, _ABSENT)
+        if key.startswith("paths.") or key == "ckpt_path":
+            merged[key] = new  # where this run's files go
+        elif old == new or not _is_named(key, named):
+            continue  # the run's value (a key added to dqnlab since the run was written stays out: its default)
+        elif may_change(key):
+            if new is _ABSENT:
+                merged.pop(key, None)
+            else:
+                merged[key] = new
+            changed.append(f"{key}: {_show(old)} -> {_show(new)}")
+        else:
+            refused.append(f"{key}={_show(new)} (the run's: {_show(old)})")
+    if refused:
+        raise ConfigError(
+            f"ckpt_path resumes the run it was, and a resume cannot change {', '.join(refused)}: drop "
+            f"{'that override' if len(refused) == 1 else 'those overrides'} to continue the run, or drop ckpt_path "
+            "to start a new one"
+        )
+    collector = saved.get("collector") or {}
+    if collector.get("exploration_steps") is None and "collector.exploration_fraction" in merged:
+        # The ramp was a fraction of the first budget: fix it in env steps, so a longer run keeps it.
+        first_budget = int(saved.get("env_steps", 0))
+        merged["collector.exploration_steps"] = int(float(collector["exploration_fraction"]) * first_budget)
+    restored = OmegaConf.create({})
+    for key, value in merged.items():
+        if value is not _ABSENT:
+            OmegaConf.update(restored, key, value, force_add=True)
+    return restored, changed

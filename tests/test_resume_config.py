@@ -1,0 +1,119 @@
+"""A resume continues the run it was (dqnlab.run.resume_config): the checkpoint's config comes back, the command
+line changes only what a resume may change, and every "next:" command a run prints works as printed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dqnlab.errors import ConfigError
+from dqnlab.run.resume_config import may_change, named_keys, restore_config
+from tests.conftest import PYTHON, ROOT, compose_cfg
+
+
+def _train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, str(ROOT / "train.py"), *args, "progress_bar=false"]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _next_train_command(output: str) -> list[str]:
+    """The printed "train it further" command, as words."""
+    (line,) = [x for x in output.splitlines() if "train it further" in x]
+    words = shlex.split(line.split("#")[0].replace("next:", ""))
+    assert words[:2] == ["python", "train.py"], line
+    return words[2:]
+
+
+def _one_error(proc: subprocess.CompletedProcess) -> str:
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return errors[0]
+
+
+# ------------------------------------------------------------------ the pure part
+def test_named_keys_and_what_may_change() -> None:
+    assert named_keys(["env_steps=6000", "ckpt_path=x", "hydra.run.dir=y", "env=pong", "+algo.foo=1"]) == {
+        "env_steps",
+        "ckpt_path",
+        "env",
+        "algo.foo",
+    }
+    assert named_keys(["experiment=atari100k"]) == {""}  # a global group can set anything
+    assert may_change("env_steps") and may_change("eval.episodes") and may_change("logger.csv._target_")
+    assert not may_change("seed") and not may_change("network.hidden_sizes") and not may_change("env.id")
+    assert may_change("optimizer.lr")  # the recovery knob after a non-finite stop
+
+
+def test_restore_keeps_the_runs_values_and_reroots_its_paths(tmp_path: Path) -> None:
+    run = compose_cfg(["env=acrobot", "seed=3", "env_steps=4000"], tmp_path / "old")
+    saved = OmegaConf.to_container(run, resolve=True)
+    today = compose_cfg(["ckpt_path=x.ckpt", "env_steps=8000"], tmp_path / "new")  # CartPole's defaults
+    restored, changed = restore_config(today, saved, ["ckpt_path=x.ckpt", "env_steps=8000"])
+    assert restored.env.id == "Acrobot-v1" and restored.seed == 3 and restored.env_steps == 8000
+    assert changed == ["env_steps: 4000 -> 8000"]
+    assert restored.paths.output_dir == str(tmp_path / "new")
+    assert restored.checkpoint.dirpath == str(tmp_path / "new" / "checkpoints")  # was under the old run dir
+    # The epsilon ramp was a fraction of the first budget: it stays that many env steps.
+    assert restored.collector.exploration_steps == int(run.collector.exploration_fraction * 4000)
+    other_seed = compose_cfg(["ckpt_path=x.ckpt", "seed=5"], tmp_path / "new")
+    with pytest.raises(ConfigError, match=r"cannot change seed=5 \(the run's: 3\)"):
+        restore_config(other_seed, saved, ["ckpt_path=x.ckpt", "seed=5"])
+
+
+# ------------------------------------------------------------------ end to end, as a user types it
+@pytest.mark.slow
+def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) -> None:
+    first = _train("env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",
+                   "collector.exploration_fraction=0.9", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    words = _next_train_command(first.stdout + first.stderr)
+    proc = subprocess.run([PYTHON, "train.py", *words, "progress_bar=false"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    run_dir = Path(next(x for x in out.splitlines() if x.startswith("run dir:")).split()[2])
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    finally:
+        if run_dir.resolve().is_relative_to(ROOT / "outputs"):
+            shutil.rmtree(run_dir)
+    assert "restored from the checkpoint; the command line changed env_steps: 3000 -> 6000" in out
+    assert summary["seed"] == 3 and summary["env_steps"] == 6000
+    assert config.env.id == "Acrobot-v1" and config.target.interval == 100 and config.target.tau == 1.0
+    # Exploration goes on where it stood (0.9 x 3,000 env steps), not stretched over the new budget.
+    later = [float(r["rollout/epsilon"]) for r in rows if r.get("rollout/epsilon") and float(r["env_steps"]) > 3000]
+    assert later and max(later) == pytest.approx(config.collector.epsilon_end, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resume_that_would_change_the_experiment_is_refused_before_any_file(tmp_path: Path) -> None:
+    first = _train("seed=3", "env_steps=2500", f"hydra.run.dir={tmp_path / 'run'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    error = _one_error(_train(f"ckpt_path={ckpt}", "seed=5", "env=acrobot", f"hydra.run.dir={tmp_path / 'b'}"))
+    assert "seed=5 (the run's: 3)" in error and "env.id=Acrobot-v1 (the run's: CartPole-v1)" in error
+    assert not (tmp_path / "b").exists()
+    # A new run over the old one's dir is refused too; the old run's files stay as they were.
+    before = (tmp_path / "run" / "summary.json").read_text()
+    error = _one_error(_train("env_steps=3000", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert "holds a run" in error and "ckpt_path=last" in error
+    assert (tmp_path / "run" / "summary.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_without_a_run_dir_names_the_newest_run(tmp_path: Path) -> None:
+    old = tmp_path / "outputs" / "2026-01-01" / "00-00-00" / "checkpoints"
+    old.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "fixtures" / "legacy_v0" / "cartpole_2500.ckpt", old / "last.ckpt")
+    error = _one_error(_train("ckpt_path=last", cwd=tmp_path))
+    assert "hydra.run.dir=outputs/2026-01-01/00-00-00" in error  # relative, as the user's outputs/ is
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["2026-01-01"]  # no new run dir
