@@ -20,6 +20,7 @@ Problems found together are reported together, in one :class:`~dqnlab.errors.Con
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from pathlib import Path
@@ -79,6 +80,24 @@ _FLAGS_WITH_VALUE = frozenset(
 _CONFIG_SOURCE_FLAGS = frozenset(["--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"])
 
 
+def unknown_group_option(group: str, value: str, conf_dir: Path) -> str | None:
+    """``env=cartpol``: an option no file under ``conf/<group>/`` defines, with the close match (Hydra's own
+    message is a dozen lines of search paths).
+    """
+    options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    if not options:
+        return None
+    for name in (v.strip() for v in value.strip("[]").split(",")):
+        if not name or name in options or name == "null":
+            continue
+        close = difflib.get_close_matches(name.lower(), options, n=1, cutoff=0.6)
+        fix = f"did you mean {group}={close[0]}?" if close else f"the options are {', '.join(options)}"
+        if group == "env" and re.fullmatch(r"[\w/:.-]+-v\d+", name):  # a gymnasium id given as a preset
+            fix += f" For any gymnasium id: env=gym env.id={name}"
+        return f"{group} has no option {name!r} (conf/{group}/{name}.yaml): {fix}"
+    return None
+
+
 def refuse_unknown_override_keys(argv: list[str], conf_dir: Path | None = None) -> None:
     """``optimzer.lr=1e-3``: Hydra's own message suggests ``+optimzer.lr=1e-3``, which would add a key nothing
     reads; name the key dqnlab has instead (exit status 2), keeping Hydra's words in the message.
@@ -98,6 +117,8 @@ def refuse_unknown_override_keys(argv: list[str], conf_dir: Path | None = None) 
             continue
         key = match.group(1)
         problem = unknown_top_level_key(key.replace("/", ".").split("@")[0])
+        if not problem and conf_dir is not None and key in GROUPS:
+            problem = unknown_group_option(key, arg.split("=", 1)[1], conf_dir)
         if not problem and conf_dir is not None and "/" not in key and "@" not in key:
             problem = unknown_group_key(key, str(conf_dir), GROUPS)
         if problem:
@@ -124,6 +145,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += knob_problems
     problems += data_checks.relation_problems(valid) + learn_checks.relation_problems(valid)
     problems += learn_checks.choice_problems(cfg) + data_checks.choice_problems(cfg) + run_checks.choice_problems(cfg)
+    problems += learn_checks.list_problems(cfg)
     # The checks above import nothing, so a mistyped number fails in under a second; the ones below import
     # torch and every _target_ (Lightning alone takes seconds), so they run once those pass.
     raise_all(problems)

@@ -37,6 +37,23 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# List-typed knobs and an example value, for a scalar given where a list belongs (network.hidden_sizes=64).
+LIST_KNOBS = {"network.hidden_sizes": "[64,64]"}
+
+
+def list_problems(cfg: DictConfig) -> list[str]:
+    """A list knob must be a list of positive whole numbers."""
+    problems = []
+    for key, example in LIST_KNOBS.items():
+        value = select(cfg, key)
+        if value is ABSENT or value is None:
+            continue
+        items = list(value) if not isinstance(value, (str, int, float)) else None
+        if items is None or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in items):
+            problems.append(f"{key}={value} must be a list of layer widths: e.g. {key}={example}")
+    return problems
+
+
 def relation_problems(v: dict[str, float]) -> list[str]:
     """C51's atoms must span a range."""
     v_min, v_max = v.get("algo.v_min"), v.get("algo.v_max")

@@ -1,0 +1,34 @@
+"""A misspelled config group option, or a scalar where a list belongs, gets dqnlab's one error line with the fix
+(not Hydra's dozen lines of search paths, nor a TypeError traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT
+
+CASES = [
+    ("env=cartpol", "did you mean env=cartpole?"),
+    ("network=mpl", "did you mean network=mlp?"),
+    ("algo=ddqn", "did you mean algo=dqn?"),
+    ("optimizer=sgd", "the options are adam, adamw, rmsprop"),
+    ("env=CartPole-v1", "did you mean env=cartpole? For any gymnasium id: env=gym env.id=CartPole-v1"),
+    ("logger=[csv,wandbb]", "did you mean logger=wandb?"),
+    (
+        "network.hidden_sizes=64",
+        "network.hidden_sizes=64 must be a list of layer widths: e.g. network.hidden_sizes=[64,64]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "fix"), CASES, ids=[c[0] for c in CASES])
+def test_one_error_line_with_the_fix(override: str, fix: str, tmp_path: Path) -> None:
+    cmd = [PYTHON, "train.py", override, "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert fix in errors[0] and "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert not (tmp_path / "run").exists()
