@@ -43,6 +43,27 @@ KEYS = {
 }
 
 
+# The range each number must lie in, checked before anything is played: (low, high or None, what it is).
+RANGES = {
+    "episodes": (1, None, "episodes to score"),
+    "epsilon": (0.0, 1.0, "the random-action probability"),
+    "seed": (0, None, "the seed"),
+    "num_envs": (1, None, "parallel env copies"),
+    "video_episodes": (1, None, "episodes to film"),
+    "video_fps": (1, None, "frames per second"),
+}
+
+
+def _out_of_range(key: str, value: float) -> str | None:
+    if key not in RANGES:
+        return None
+    low, high, what = RANGES[key]
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        return f"{key}={value} is out of range: {what} must be {bound}"
+    return None
+
+
 def parse_args(argv: list[str]) -> tuple[Path, dict]:
     # The docstring's first two paragraphs describe the script, the rest lists the keys: each printed once.
     paragraphs = __doc__.split("\n\n")
@@ -64,6 +85,9 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
             settings[key] = KEYS[key](value)
         except ValueError:
             parser.error(f"{key}={value!r} is not a valid value")
+        if problem := _out_of_range(key, settings[key]):
+            print(f"error: {problem}", file=sys.stderr)  # one line, as train.py says it
+            sys.exit(2)
     if not args.checkpoint.is_file():
         parser.error(f"{args.checkpoint} is not a file: pass a .ckpt from <run dir>/checkpoints or an agent file")
     return args.checkpoint, settings
