@@ -213,3 +213,4 @@ def test_augment_on_a_vector_env_is_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "augment" in errors[0] and "(4,)" in errors[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused once the env exists: no run dir left behind

@@ -32,3 +32,13 @@ def test_one_error_line_with_the_fix(override: str, fix: str, tmp_path: Path) ->
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert fix in errors[0] and "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["env.id=Taxi-v3", "env.id=FrozenLake-v1"])
+def test_an_env_refused_once_built_leaves_no_run_dir(override: str, tmp_path: Path) -> None:
+    # Taxi-v3 is gone from gymnasium (a close match is named); FrozenLake's observations are Discrete.
+    cmd = [PYTHON, "train.py", "env=gym", override, "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

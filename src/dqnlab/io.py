@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,3 +94,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remove_if_only_started(run_dir: str | Path) -> bool:
+    """Remove a run dir that holds nothing but what Hydra writes at the start (``.hydra/``, ``train.log``).
+
+    A run refused once the env exists (its spaces, the replay's exact size) fails after Hydra made its dir; a dir
+    with nothing of a run in it is removed, so a rejected command line leaves no run dir behind. A dir with
+    anything else (checkpoints, metrics, a run's summary) is left as it is. Returns whether it was removed.
+    """
+    path = Path(run_dir)
+    try:
+        if not path.is_dir() or not set(os.listdir(path)) <= {".hydra", "train.log"}:
+            return False
+        shutil.rmtree(path)
+    except OSError:
+        return False
+    return True

@@ -24,7 +24,8 @@ from dqnlab.data.collect import EnvStepper
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.envs.vector import match_frame_stacking, torch_dtype
 from dqnlab.envs.video import make_render_env
-from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_stale_temp_files
+from dqnlab.errors import ConfigError
+from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_if_only_started, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import build_network
 from dqnlab.run.checkpoint import (
@@ -215,6 +216,19 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / CHECKPOINT_DIR
 
 
+def _without_run_dir_on_refusal(fn: Any, out_dir: Path) -> Any:
+    """``fn`` that removes a run dir holding nothing but Hydra's start files when it raises a ConfigError."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError:
+            remove_if_only_started(out_dir)
+            raise
+
+    return wrapped
+
+
 def restore_run_config(cfg: DictConfig, saved: dict[str, Any], out_dir: Path) -> DictConfig:
     """The checkpoint's run config with the command line's allowed changes (:mod:`dqnlab.run.resume_config`),
     checked like any config and written to the run dir's ``.hydra/config.yaml``, where the run's config is read.
@@ -263,12 +277,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     parts: Components | None = None
     failed = True
+    # Refused once the env exists (its spaces, the replay's size): no run dir is left behind for a new run.
+    builder = build if ckpt_path is not None else _without_run_dir_on_refusal(build, out_dir)
     # Ctrl-C / SIGTERM from here to the end of the final evaluation (dqnlab.run.stopping): a first signal during the
     # set-up (allocating a large replay takes seconds) stops at the first env step, a second one at once.
     stop = SignalStop()
     try:
         stop.install()
-        parts = build(cfg, stop)
+        parts = builder(cfg, stop)
         device = resolve_device(cfg.trainer.get("accelerator", "auto")).type
         log.info("%s", describe_run(cfg, device))
         for line in describe_update(cfg, parts.module):
