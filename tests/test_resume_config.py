@@ -117,3 +117,21 @@ def test_ckpt_path_last_without_a_run_dir_names_the_newest_run(tmp_path: Path) -
     error = _one_error(_train("ckpt_path=last", cwd=tmp_path))
     assert "hydra.run.dir=outputs/2026-01-01/00-00-00" in error  # relative, as the user's outputs/ is
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["2026-01-01"]  # no new run dir
+
+
+def test_a_resume_that_fails_while_loading_reports_no_elapsed_time(make_cfg, caplog) -> None:
+    # Before: the progress bar closed with the time since its clock's zero, the machine's uptime ("0/0 28:33").
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from dqnlab.run.progress import EnvStepProgressBar
+    from dqnlab.train import build
+
+    parts = build(make_cfg("debug=smoke"))
+    bar = EnvStepProgressBar(parts.collector, console=Console(file=io.StringIO()))
+    with caplog.at_level(logging.INFO, logger="dqnlab.run.progress"):
+        bar.on_exception(None, None, RuntimeError("size mismatch for q_net.net.0.weight"))
+    parts.close()
+    assert not [r for r in caplog.records if r.name == "dqnlab.run.progress"]

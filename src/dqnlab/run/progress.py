@@ -163,6 +163,8 @@ class EnvStepProgressBar(Callback):
             self._maybe_line(now)
 
     def _close(self) -> None:
+        if not self._t0:  # no phase began (a resume that failed while loading): no time to report
+            return
         if self._progress is not None:
             self._draw()
             self._progress.stop()
