@@ -17,6 +17,7 @@ Keys (Hydra-style ``key=value``):
   video_episodes=1   how many episodes to film
   video_fps=30       frames per second
   device=cpu         where the network runs
+  env.id=<run's>     required for an env of your own (module:EnvId): names the module dqnlab may import
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ KEYS = {
     "video_episodes": int,
     "video_fps": int,
     "device": str,
+    "env.id": str,
 }
 
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from dqnlab.share.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
 
     try:
-        agent = load_agent(checkpoint, device=settings.pop("device", "cpu"))
+        agent = load_agent(checkpoint, device=settings.pop("device", "cpu"), env_id=settings.pop("env.id", None))
     except ConfigError as err:  # unsafe, malformed or foreign file; an env that cannot be built: one line
         print_error(err)
         return EXIT_CONFIG_ERROR

@@ -47,3 +47,31 @@ def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path) -> None:
     stock, log = run("stock")  # the control: the same budget learns with the stock loss
     assert "update: hand-written gradients" in log
     assert stock["update_gradients"] == "hand-written" and stock["eval/return_mean"] > 100
+
+
+@pytest.mark.slow
+def test_your_own_env_module_trains_plays_and_exports(tmp_path: Path) -> None:
+    import os
+    import shlex
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "envs")}  # tests/envs/corridor.py, a module of yours
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    proc = run("train.py", "env=gym", "env.id=corridor:Corridor-v0", "env_steps=2500", "progress_bar=false",
+               f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [x for x in (proc.stdout + proc.stderr).splitlines() if "# play it" in x]
+    words = shlex.split(line.split("#")[0].replace("next:", ""))
+    assert words[-1] == "env.id=corridor:Corridor-v0"  # the printed command names the module to import
+    played = run(*words[1:])  # as printed
+    assert played.returncode == 0 and json.loads(played.stdout.splitlines()[-1])["episodes"] == 20, played.stderr
+    exported = run("scripts/export.py", str(tmp_path / "run"))
+    agent = json.loads(exported.stdout.splitlines()[-1])["agent_file"]
+    # Without the override the file's module is not imported: one line says which module and how to allow it.
+    refused = run("scripts/evaluate.py", agent, "episodes=1")
+    errors = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert refused.returncode == 2 and len(errors) == 1 and "names module 'corridor'" in errors[0]
+    assert "add env.id=corridor:Corridor-v0" in errors[0]
+    assert run("scripts/evaluate.py", agent, "episodes=1", "env.id=corridor:Corridor-v0").returncode == 0

@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from dqnlab.cluster.slurm import lightning_plugins, requeue_ckpt_path
 from dqnlab.data.collect import EnvStepper
 from dqnlab.data.replay import ReplayBuffer
-from dqnlab.envs.vector import match_frame_stacking, torch_dtype
+from dqnlab.envs.vector import env_module, match_frame_stacking, torch_dtype
 from dqnlab.envs.video import make_render_env
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_if_only_started, remove_stale_temp_files
@@ -331,5 +331,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     summary = as_counts(summary)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     last = parts.checkpoint.last_path if parts.checkpoint is not None else None
-    log.info("%s", format_summary(summary, out_dir, last))
+    env_id = str(cfg.env.get("id", ""))
+    play_args = (f"env.id={env_id}",) if env_module(env_id) else ()  # playing your own env names its module
+    log.info("%s", format_summary(summary, out_dir, last, play_args))
     return summary

@@ -31,6 +31,31 @@ _EXTRAS = {"gymnasium.envs.box2d": ("Box2D", "box2d")}
 _CONF_ENV = Path(__file__).resolve().parents[3] / "conf" / "env"
 
 
+def env_module(env_id: str) -> str | None:
+    """The module of gymnasium's ``module:EnvId`` syntax (``corridor`` for ``corridor:Corridor-v0``), else None."""
+    return env_id.split(":", 1)[0] if ":" in env_id else None
+
+
+def import_env_module(env_id: str) -> str:
+    """Import the module of a ``module:EnvId`` id (it registers its envs) and return the registered ``EnvId``.
+
+    Raises:
+        EnvConfigError: The module cannot be imported; the message says where Python looked for it.
+
+    """
+    module = env_module(env_id)
+    if module is None:
+        return env_id
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise EnvConfigError(
+            f"env.id={env_id}: cannot import module {module!r} ({e}): put the folder that holds it on PYTHONPATH, "
+            f"e.g. PYTHONPATH=<that folder> python train.py env=gym env.id={env_id}"
+        ) from None
+    return env_id.split(":", 1)[1]
+
+
 def _check_id(env_id: str) -> None:
     if env_id in gym.registry:
         return
@@ -109,7 +134,8 @@ def make_vector_env(
     """A gymnasium vector env of ``num_envs`` copies of ``id`` in NEXT_STEP autoreset mode.
 
     Args:
-        id: Gymnasium env id, e.g. ``CartPole-v1``.
+        id: Gymnasium env id, e.g. ``CartPole-v1``, or ``module:EnvId`` for an env a module of yours registers
+            when imported (gymnasium's syntax; the module must be importable, e.g. on ``PYTHONPATH``).
         num_envs: Number of parallel copies (one vector step = ``num_envs`` env steps).
         vectorization: ``"sync"`` (one process; best for cheap envs) or ``"async"`` (one process per copy).
         max_episode_steps: Override of the registered time limit, in env steps (``None`` keeps it).
@@ -121,6 +147,8 @@ def make_vector_env(
         MissingExtraError: The env needs an optional dependency (Box2D: ``pip install 'dqnlab[box2d]'``).
 
     """
+    name = id
+    id = import_env_module(id)  # gymnasium's module:EnvId: the module registers the env (your own env)
     _check_id(id)
     _check_extra(id)
     make_kwargs = dict(kwargs or {})
@@ -134,7 +162,7 @@ def make_vector_env(
         vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
         **make_kwargs,
     )
-    check_discrete(env, f"env.id={id}")
+    check_discrete(env, f"env.id={name}")
     return env
 
 

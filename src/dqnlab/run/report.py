@@ -116,8 +116,13 @@ def _cmd(*args: str) -> str:
     return " ".join(["python", *map(shlex.quote, args)])
 
 
-def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | None) -> str:
-    """The end of a run, for people: the score, the budget, the time, the run dir and what to do next."""
+def format_summary(
+    summary: dict[str, Any], out_dir: Path, last_ckpt: Path | None, play_args: tuple[str, ...] = ()
+) -> str:
+    """The end of a run, for people: the score, the budget, the time, the run dir and what to do next.
+
+    ``play_args`` go to the printed ``evaluate.py`` command (``env.id=<module>:<Id>`` for an env of your own).
+    """
     lines = []
     if "eval/return_mean" in summary:
         std = summary.get("eval/return_std", 0.0)
@@ -137,7 +142,9 @@ def format_summary(summary: dict[str, Any], out_dir: Path, last_ckpt: Path | Non
     if last_ckpt is not None and last_ckpt.is_file():
         ckpt = str(last_ckpt)
         lines += [
-            "next:    " + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true") + "   # play it, film it",
+            "next:    "
+            + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true", *play_args)
+            + "   # play it, film it",
             "         "
             + _cmd("train.py", f"ckpt_path={ckpt}", f"env_steps={2 * int(summary['env_steps'])}")
             + "   # train it further (the run's own config comes back)",

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dqnlab.envs.vector import env_module
 from dqnlab.learn.networks import build_network
 from dqnlab.learn.rl_math import expected_q
 from dqnlab.legacy import upgrade_targets
@@ -96,7 +97,29 @@ def read_checkpoint(path: Path) -> tuple[DictConfig, dict[str, torch.Tensor], in
     return checkpoint_config(ckpt, path), weights, int(collector_state.get("env_steps", 0))
 
 
-def load_agent(path: str | Path, device: str = "cpu") -> Agent:
+def _allow_env_module(cfg: DictConfig, path: Path, env_id: str | None) -> None:
+    """A file whose env is ``module:EnvId`` (your own env) plays only when the command line names that id:
+    dqnlab never imports a module because a file says so.
+
+    Raises:
+        AgentFileError: The file names a module and the command line did not allow it.
+
+    """
+    file_id = str(cfg.env.get("id", "")) if "env" in cfg else ""
+    module = env_module(file_id)
+    if module is None and env_id is None:
+        return
+    if env_id != file_id:
+        given = f"env.id={env_id} is not the file's env.id={file_id}" if env_id else f"its env.id={file_id}"
+        raise AgentFileError(
+            f"{path}: {given} names module {module!r}, which dqnlab imports only when you ask: add "
+            f"env.id={file_id} (with {module!r} importable, e.g. on PYTHONPATH) to play it"
+            if module
+            else f"{path}: env.id={env_id} is not the file's env ({file_id}): drop env.id"
+        )
+
+
+def load_agent(path: str | Path, device: str = "cpu", env_id: str | None = None) -> Agent:
     """Rebuild the online Q-network of a checkpoint or an agent file, with the env config it was trained on.
 
     Nothing from the file runs: checkpoints load with ``weights_only=True``, agent files are safetensors, and
@@ -105,6 +128,8 @@ def load_agent(path: str | Path, device: str = "cpu") -> Agent:
     Args:
         path: A ``.ckpt`` written by a dqnlab run, or an agent file from ``scripts/export.py``.
         device: Where the network runs (``cpu``, ``cuda``).
+        env_id: The command line's ``env.id``: needed, and equal to the file's, for an env of your own
+            (``module:EnvId``), whose module is imported only then.
 
     Raises:
         AgentFileError: The file cannot be played safely; the message says why.
@@ -117,6 +142,7 @@ def load_agent(path: str | Path, device: str = "cpu") -> Agent:
     else:
         cfg, weights, env_steps = read_checkpoint(path)
         check_targets(OmegaConf.to_container(cfg, resolve=False), str(path))
+    _allow_env_module(cfg, path, env_id)
     probe = instantiate(cfg.env)(num_envs=1, for_eval=True)
     try:
         obs_shape = probe.single_observation_space.shape
