@@ -62,8 +62,10 @@ CLI_CASES: dict[str, Case] = {
     "misspelled_override": Case(
         ["collector.learnin_starts=3"], 2, ["collector.learnin_starts", "did you mean collector.learning_starts"]
     ),
-    # Hydra's own composition errors: clear enough, and they exit before any dqnlab code runs.
-    "unknown_group_option": Case(["network=nature_cnnn"], 1, ["network/nature_cnnn", "nature_cnn"]),
+    # A misspelled group option: dqnlab's one line with the close match, before Hydra composes anything.
+    "unknown_group_option": Case(
+        ["network=nature_cnnn"], 2, ["network has no option", "did you mean network=nature_cnn"]
+    ),
     # A misspelled key Hydra lets through (`+key=`, or a typo in an experiment file): the target does not take it.
     "misspelled_appended_key": Case(
         ["+collector.learnin_starts=3"], 2, ["collector.learnin_starts", "did you mean collector.learning_starts"]

@@ -38,7 +38,6 @@ class Corridor(gym.Env):
         done = self.position == self.length - 1
         return self._obs(), 1.0 if done else -0.01, done, False, {}
 
-
     def render(self) -> np.ndarray:
         """The corridor as a 16-pixel-high strip, the agent's cell white (``rgb_array``: what video=true films)."""
         frame = np.zeros((16, 16 * self.length, 3), dtype=np.uint8)
