@@ -43,3 +43,13 @@ def test_old_checkpoint_exports_to_an_agent_file_that_plays(tmp_path: Path) -> N
     proc = _run("scripts/evaluate.py", agent, "episodes=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["returns"] == RETURNS_THEN
+
+
+def test_old_checkpoint_resumes_with_its_own_config(tmp_path: Path) -> None:
+    ckpt = tmp_path / "old.ckpt"
+    ckpt.write_bytes((FIXTURES / "cartpole_2500.ckpt").read_bytes())
+    proc = _run("train.py", f"ckpt_path={ckpt}", "env_steps=3000", f"hydra.run.dir={tmp_path / 'run'}",
+                "progress_bar=false")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["env_steps"] == 3000 and summary["eval/episodes"] == 2  # eval.episodes=2: the old run's
