@@ -10,6 +10,7 @@ bootstrap band) and prints a Markdown table of the final ``eval/return_mean`` (m
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -30,6 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dirs:
         parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
     runs = [load_run(d) for d in run_dirs]
+    columns = sorted({key for run in runs for key in run.curves})
+    if args.metric not in columns:
+        close = difflib.get_close_matches(args.metric, columns, n=1)
+        fix = f"did you mean --metric {close[0]}?" if close else f"the columns are {', '.join(columns)}"
+        print(f"error: --metric {args.metric} is in no run's metrics.csv: {fix}", file=sys.stderr)
+        return 2
+    # Say what is left out: jobs that failed before their first row, runs that did not finish.
+    without_rows = [p.parent for d in args.dirs for p in Path(d).rglob(".hydra") if p.parent not in run_dirs]
+    for job in sorted(without_rows):
+        print(f"skipped {job}: no metrics.csv (the job failed or stopped before its first row)", file=sys.stderr)
+    for run in runs:
+        if not run.summary:
+            print(
+                f"{run.path}: no summary.json (failed or unfinished): its curve is drawn, not tabled", file=sys.stderr
+            )
     fig = plot_learning_curves(runs, args.metric, args.title, center=args.center)
     output = args.output or args.dirs[0] / "curves.png"
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -26,3 +26,26 @@ def test_evaluate_refuses_out_of_range_numbers_in_one_line(args: list[str], mess
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert (proc.returncode == 2 and errors == [f"error: {message}"]) or message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_plot_names_a_misspelled_metric_and_what_it_leaves_out(tmp_path) -> None:
+    import shutil
+
+    # A finished run, one that did not finish (no summary.json) and a job that failed before its first row.
+    run = tmp_path / "sweep" / "0"
+    proc = subprocess.run([PYTHON, "train.py", "debug=smoke", f"hydra.run.dir={run}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shutil.copytree(run, tmp_path / "sweep" / "1")
+    (tmp_path / "sweep" / "1" / "summary.json").unlink()
+    (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)
+
+    def plot(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "scripts/plot.py", str(tmp_path / "sweep"), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    typo = plot("--metric", "eval/retrun_mean")
+    assert typo.returncode == 2 and "did you mean --metric eval/return_mean?" in typo.stderr
+    proc = plot()
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep/2: no metrics.csv" in proc.stderr and "sweep/1: no summary.json" in proc.stderr
