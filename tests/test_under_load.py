@@ -124,7 +124,13 @@ def test_a_pending_reservation_of_a_live_job_counts_against_free_memory(tmp_path
     sleeper = subprocess.Popen(["sleep", "60"])  # a live job that has not allocated its buffer yet
     try:
         start = Path(f"/proc/{sleeper.pid}/stat").read_text().rpartition(")")[2].split()[19]
-        pending = {"pid": sleeper.pid, "start": start, "device": "cpu", "bytes": free, "allocated": False}
+        pending = {
+            "pid": sleeper.pid,
+            "start": start,
+            "device": "cpu",
+            "bytes": 2 * free,
+            "allocated": False,
+        }  # twice: memory another test frees meanwhile cannot make room
         (folder / f"{sleeper.pid}-a.json").write_text(json.dumps(pending))
         dead = {**pending, "pid": 2**22 + 1, "start": "1"}  # beyond pid_max: no such process
         (folder / "dead-b.json").write_text(json.dumps(dead))
