@@ -89,6 +89,21 @@ def bootstrap_ci(
     return _estimate(float(statistic(x)), samples, confidence)
 
 
+def _stratified_resamples(
+    scores: Mapping[str, np.ndarray | Sequence[float]], reps: int, seed: int, caller: str
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per env (sorted by name): its runs, and ``[reps, runs]`` resamples of them drawn with replacement.
+
+    One seeded generator in sorted-env order, so every stratified statistic of one seed uses the same resamples.
+    """
+    envs = sorted(scores)
+    if not envs:
+        raise ValueError(f"{caller} needs at least one env")
+    arrays = [np.asarray(scores[e], dtype=float) for e in envs]
+    rng = np.random.default_rng(seed)
+    return arrays, [a[_resample_indices(len(a), reps, rng)] for a in arrays]
+
+
 def stratified_bootstrap_ci(
     scores: Mapping[str, np.ndarray | Sequence[float]],
     statistic: Statistic = iqm,
@@ -111,12 +126,8 @@ def stratified_bootstrap_ci(
             on the mapping's order.
 
     """
-    envs = sorted(scores)
-    if not envs:
-        raise ValueError("stratified_bootstrap_ci needs at least one env")
-    arrays = [np.asarray(scores[e], dtype=float) for e in envs]
-    rng = np.random.default_rng(seed)
-    pooled = np.concatenate([a[_resample_indices(len(a), reps, rng)] for a in arrays], axis=1)
+    arrays, resamples = _stratified_resamples(scores, reps, seed, "stratified_bootstrap_ci")
+    pooled = np.concatenate(resamples, axis=1)
     return _estimate(float(statistic(np.concatenate(arrays))), statistic(pooled), confidence)
 
 
@@ -142,12 +153,8 @@ def stratified_bootstrap_of_means(
         seed: Seed of the resampling (envs in sorted-name order).
 
     """
-    envs = sorted(scores)
-    if not envs:
-        raise ValueError("stratified_bootstrap_of_means needs at least one env")
-    arrays = [np.asarray(scores[e], dtype=float) for e in envs]
-    rng = np.random.default_rng(seed)
-    means = np.stack([a[_resample_indices(len(a), reps, rng)].mean(axis=1) for a in arrays], axis=1)
+    arrays, resamples = _stratified_resamples(scores, reps, seed, "stratified_bootstrap_of_means")
+    means = np.stack([r.mean(axis=1) for r in resamples], axis=1)
     value = float(statistic(np.array([a.mean() for a in arrays])))
     return _estimate(value, statistic(means), confidence)
 
