@@ -19,7 +19,7 @@ from tests.conftest import PYTHON, ROOT, compose_cfg
 
 
 def _train(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    cmd = [PYTHON, str(ROOT / "train.py"), *args, "progress_bar=false"]
+    cmd = [PYTHON, str(ROOT / "train.py"), *args]  # the default path: progress bar on, default logger
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -74,7 +74,7 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
                    "collector.exploration_fraction=0.9", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
     words = _next_train_command(first.stdout + first.stderr)
-    proc = subprocess.run([PYTHON, "train.py", *words, "progress_bar=false"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([PYTHON, "train.py", *words], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
