@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from dqnlab.data.collect import EnvStepper
+from dqnlab.data.dataset import Batch
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
 from dqnlab.learn.fast.cpu_compute import Compute, bf16_instructions, candidates, choose
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import NatureCNN
+from dqnlab.learn.target import TargetNetworkSync
 from dqnlab.run.report import describe_update, update_summary
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
@@ -182,6 +184,43 @@ def test_bf16_q_values_stay_close_to_fp32_and_come_back_as_fp32() -> None:
     bf16 = net(obs)
     assert bf16.dtype == torch.float32 and all(p.dtype == torch.float32 for p in net.parameters())
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.02 * fp32.abs().max().item())
+
+
+def _pixel_batch(n: int, num_actions: int) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    obs, next_obs = (torch.randint(0, 256, (n, 4, 84, 84), dtype=torch.uint8, generator=g) for _ in range(2))
+    return Batch(
+        obs, torch.randint(0, num_actions, (n,), generator=g), torch.randn(n, generator=g), next_obs,
+        torch.rand(n, generator=g) < 0.3, torch.zeros(n, dtype=torch.bool), torch.ones(n),
+        torch.arange(n), torch.full((n,), 0.99**10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("double", [True, False])
+def test_one_pass_over_next_states_when_the_target_is_the_online_net(double: bool) -> None:
+    """target.interval=1 with a hard copy: the online net's pass over s' stands in for the target's, and the
+    loss, mean Q and TD errors are those of the separate passes (and of the joined s+s' pass)."""
+    torch.manual_seed(0)
+    net = NatureCNN((4, 84, 84), 6, dueling=True, dueling_shared=True)
+    module = DQNModule(net, partial(torch.optim.Adam, lr=1e-4), loss="huber", double=double)
+    batch = _pixel_batch(8, 6)
+    results = []
+    for one_pass, joined in ((False, True), (False, False), (True, True)):
+        module.target_is_online, module._concat_double = one_pass, joined
+        results.append(module.td_loss(batch))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    module.target_is_online = True  # a target that lags behind is not stood in for: attach decides
+    TargetNetworkSync(interval=2).attach(module)
+    assert module.target_is_online is False
+    TargetNetworkSync(interval=1, tau=0.5).attach(module)
+    assert module.target_is_online is False
+    TargetNetworkSync(interval=1).attach(module)
+    assert module.target_is_online is True
+    noisy = DQNModule(NatureCNN((4, 84, 84), 6, noisy=True), partial(torch.optim.Adam, lr=1e-4))
+    TargetNetworkSync(interval=1).attach(noisy)  # independent noise: the target's pass is not the online one's
+    assert noisy.target_is_online is False
 
 
 def test_dueling_shared_is_one_hidden_layer_and_xavier_zeroes_the_biases() -> None:

@@ -8,7 +8,8 @@ DrQ(eps) update of ``experiment=atari100k`` (Nature CNN with a shared dueling la
 Huber, Adam, the random-shift and intensity augmentation, a target copy after every step). dqnlab's is
 ``DQNModule._update`` with the compute ``algo.precision``/``algo.channels_last`` chose (it measures the four
 candidates at start; they are printed too); the bare one is plain PyTorch in float32 NCHW: ``F.pad`` and a crop
-per image for the shift, autograd, ``torch.optim.Adam``, ``load_state_dict`` for the copy. They alternate in
+per image for the shift, one pass with gradients over s and two without over s' (online and target, as CleanRL
+writes it), autograd, ``torch.optim.Adam``, ``load_state_dict`` for the copy. They alternate in
 rounds (a load that comes and goes hits both), and each row is the median over rounds of the mean per update.
 A last measurement runs dqnlab's whole loop (Trainer, env stepping, target sync; no evaluation) for a few
 thousand env steps: the run's env steps per second and its time per update, env steps included.
@@ -43,11 +44,9 @@ def _bare_update(q, target, opt, cfg: Any, batch: Any) -> None:
     aug = cfg.augment
     obs = _bare_augment(batch.obs, aug.pad, aug.max_shift or 2 * aug.pad - 1, aug.intensity_scale)
     nxt = _bare_augment(batch.next_obs, aug.pad, aug.max_shift or 2 * aug.pad - 1, aug.intensity_scale)
-    q_all = q(torch.cat([obs, nxt]))
-    n = obs.shape[0]
-    q_taken = q_all[:n].gather(1, batch.actions[:, None]).squeeze(1)
+    q_taken = q(obs).gather(1, batch.actions[:, None]).squeeze(1)
     with torch.no_grad():
-        best = q_all[n:].argmax(1, keepdim=True)
+        best = q(nxt).argmax(1, keepdim=True)
         next_v = target(nxt).gather(1, best).squeeze(1)
         y = batch.rewards + batch.discounts * (~batch.terminated) * next_v
     loss = F.smooth_l1_loss(q_taken, y)
@@ -85,6 +84,8 @@ def suite_atari_cpu(args: Any) -> dict:
     bare_q.set_compute(False, False)
     bare_target = copy.deepcopy(bare_q).requires_grad_(False)
     bare_opt = instantiate(cfg.optimizer)(bare_q.parameters())
+
+    instantiate(cfg.target).attach(module)  # what the Trainer's TargetNetworkSync does at fit start
 
     def dqnlab_update(batch: Any) -> None:
         module._update(batch, opt, step)

@@ -28,6 +28,7 @@ from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_if_only_started, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import build_network
+from dqnlab.learn.target import TargetNetworkSync
 from dqnlab.run.checkpoint import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
@@ -174,13 +175,16 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
         guard = NonFiniteGuard(collector, cfg.get("nonfinite", "error"), checkpoint_dir(cfg))
         # The progress bar before the collector: it is open during the collector's random prefill.
         checkpoint = build_checkpoint(cfg, collector, stop)
+        target_sync: pl.Callback = instantiate(cfg.target)
+        if isinstance(target_sync, TargetNetworkSync):
+            target_sync.attach(module)  # before the header, which says when the pass over s' is shared
         callbacks: list[pl.Callback] = [
             ResumeState(collector, config),
             StopOnSignal(stop, collector, checkpointing=checkpoint is not None and checkpoint.handle_signals),
             *([EnvStepProgressBar(collector)] if cfg.get("progress_bar", True) else []),
             collector,
             guard,
-            instantiate(cfg.target),
+            target_sync,
             evaluator,
         ]
         if checkpoint is not None:

@@ -47,6 +47,16 @@ class TargetNetworkSync(Callback):
             polyak_update(target, online, self.tau)
         self.syncs += 1
 
+    def attach(self, pl_module: pl.LightningModule) -> None:
+        """Tell the module whether its target is always its online net (a copy after every update, no noise)."""
+        if hasattr(pl_module, "target_is_online"):
+            noisy = bool(getattr(pl_module, "noisy", False))
+            pl_module.target_is_online = self.interval == 1 and self.tau >= 1.0 and not noisy
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """:meth:`attach` (again: a Trainer given this callback and another module)."""
+        self.attach(pl_module)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
         """After gradient step ``global_step``, sync when it is a multiple of ``interval``."""
         if trainer.global_step % self.interval == 0:

@@ -75,7 +75,9 @@ def describe_update(cfg: DictConfig, module: Any) -> list[str]:
         grads = "autograd"
     compute = f"; {module.compute.describe()}" if hasattr(module.q_net, "set_compute") else ""
     augment = f"; augmentation {module.augment!r}" if module.augment is not None else ""
-    lines = [f"update: {grads}{compute}{augment}"]
+    one_pass = getattr(module, "target_is_online", False) and module.gradients != "hand-written"
+    shared = "; one pass over s' (the target is the online net, copied every step)" if one_pass else ""
+    lines = [f"update: {grads}{compute}{augment}{shared}"]
     if cfg.get("protocol"):
         departs = _protocol_kept(cfg)
         lines.append(
