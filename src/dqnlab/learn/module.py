@@ -20,6 +20,7 @@ from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, Graph
 from dqnlab.learn.fast.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.learn.fast.optim_step import clip_and_guard, fast_step
 from dqnlab.learn.networks import noisy_layers, resample_noise
+from dqnlab.learn.passes import network_passes
 from dqnlab.learn.rl_math import TDLoss, categorical_td_loss, dqn_loss, expected_q, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -171,12 +172,9 @@ class DQNModule(pl.LightningModule):
         self._runner: GraphedUpdate | None = None  # runs (and on a GPU records) the update; configure_optimizers
         self.precision, self.channels_last = precision, channels_last
         self.compute = Compute(False, False, {})  # how a conv net's update runs on a CPU: pick_compute
-        # Double DQN's pass over s' joins the one over s (fewer dispatches) except for a conv net on a CPU, where
-        # the joined backward costs more than the dispatches it saves (pick_compute).
-        self._concat_double = True
-        # True while the target network is the online one copied after every update (target.interval=1, tau=1;
-        # set by TargetNetworkSync, never with noisy layers): td_loss then passes over s' once.
-        self.target_is_online = False
+        # How td_loss passes over s and s' (learn/passes.py): joined unless a conv net on a CPU (pick_compute);
+        # once over s' while the target is the online net copied every update (TargetNetworkSync.attach).
+        self._concat_double, self.target_is_online = True, False
         # Applied to the drawn minibatch's observations and next observations (learn/augment.py): DrQ.
         self.augment = augment
 
@@ -232,27 +230,10 @@ class DQNModule(pl.LightningModule):
         The bootstrap is discounted by ``batch.discounts`` (``gamma ** m`` for m-step returns) and the loss
         weighted by ``batch.weights`` (importance weights for prioritized replay).
         """
-        n = batch.obs.shape[0]
-        if self.target_is_online:
-            # The target is the online net copied after every update (TargetNetworkSync sets this): one pass over
-            # s' without gradients gives both the double-DQN choice and its value (DrQ(eps): 24% less per update).
-            out = self.q_net(batch.obs)
-            with torch.no_grad():
-                next_target = self.q_net(batch.next_obs)
-            next_q_online = self.q_values(next_target) if self.double else None
-        else:
-            if self.double and self._concat_double:
-                # One pass of the online net over s and s' together; s' only picks actions.
-                out_all = self.q_net(torch.cat([batch.obs, batch.next_obs]))
-                out, next_q_online = out_all[:n], self.q_values(out_all[n:].detach())
-            elif self.double:  # a conv net on a CPU: backward over the s' half would be spent on zero gradients
-                out = self.q_net(batch.obs)
-                with torch.no_grad():
-                    next_q_online = self.q_values(self.q_net(batch.next_obs))
-            else:
-                out, next_q_online = self.q_net(batch.obs), None
-            with torch.no_grad():
-                next_target = self.target_net(batch.next_obs)
+        out, next_target, next_q_online = network_passes(
+            self.q_net, self.target_net, self.q_values, batch.obs, batch.next_obs,
+            double=self.double, target_is_online=self.target_is_online, joined=self._concat_double,
+        )  # fmt: skip
         if self.num_atoms > 1:
             b = batch
             args = (b.actions, b.rewards, b.terminated, b.discounts, b.weights, self.support)
