@@ -3,8 +3,10 @@
 Rebuilds the env and the Q-network from the config stored in the checkpoint (or the run dir's
 ``.hydra/config.yaml``) or in an agent file (``scripts/export.py``), plays greedy episodes on a fresh evaluation
 env and prints ONE line of JSON on stdout: ``{"episodes": N, "return_mean": ..., "return_std": ..., ...}``;
-everything else goes to stderr. Nothing from the file runs: checkpoints are read with torch's weights_only=True,
-agent files are safetensors, and only dqnlab's env and network factories are built (others: error, exit 2).
+everything else goes to stderr. ``"network"`` says which network the file holds: the one ``eval.keep_best``
+kept (``best.ckpt``), the final one (``last.ckpt``) or that of env step N. Nothing from the file runs:
+checkpoints are read with torch's weights_only=True, agent files are safetensors, and only dqnlab's env and
+network factories are built (others: error, exit 2).
 Resuming (python train.py ckpt_path=...) does run code from the file: resume only from your own runs.
 
 Keys (Hydra-style ``key=value``):
@@ -18,6 +20,7 @@ Keys (Hydra-style ``key=value``):
   video_fps=30       frames per second
   device=cpu         where the network runs
   env.id=<run's>     required for an env of your own (module:EnvId): names the module dqnlab may import
+  allow_module=<m>   modules (comma-separated) whose env.wrappers the file may name, besides gymnasium's and dqnlab's
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import logging
 import os
 import sys
 from pathlib import Path
+
+from dqnlab.errors import ArgumentParser  # light: one error line for a bad argument
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame greets on stdout, which is for the JSON line
 
@@ -42,6 +47,7 @@ KEYS = {
     "video_fps": int,
     "device": str,
     "env.id": str,
+    "allow_module": lambda v: tuple(m for m in v.split(",") if m),
 }
 
 
@@ -69,7 +75,7 @@ def _out_of_range(key: str, value: float) -> str | None:
 def parse_args(argv: list[str]) -> tuple[Path, dict]:
     # The docstring's first two paragraphs describe the script, the rest lists the keys: each printed once.
     paragraphs = __doc__.split("\n\n")
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="\n\n".join(paragraphs[:2]),
         epilog="\n\n".join(paragraphs[2:]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,17 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, settings = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
+    from dqnlab.run.ckpt_file import which_network
     from dqnlab.share.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
 
-    try:
-        agent = load_agent(checkpoint, device=settings.pop("device", "cpu"), env_id=settings.pop("env.id", None))
-    except ConfigError as err:  # unsafe, malformed or foreign file; an env that cannot be built: one line
-        print_error(err)
-        return EXIT_CONFIG_ERROR
     if settings.get("video") and "video_dir" not in settings:
         run_dir = checkpoint.resolve().parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")
         settings["video_dir"] = run_dir / "videos"
-    result = {"checkpoint": str(checkpoint), **evaluate_agent(agent, **settings)}
+    try:
+        agent = load_agent(
+            checkpoint,
+            device=settings.pop("device", "cpu"),
+            env_id=settings.pop("env.id", None),
+            allow_modules=settings.pop("allow_module", ()),
+        )
+        result = {"checkpoint": str(checkpoint), "network": which_network(checkpoint)}
+        result |= evaluate_agent(agent, **settings)
+    except ConfigError as err:  # unsafe, malformed or foreign file; an env that cannot be built or filmed: one line
+        print_error(err)
+        return EXIT_CONFIG_ERROR
     print(json.dumps(result), flush=True)
     return 0
 

@@ -9,14 +9,15 @@ bootstrap band) and prints a Markdown table of the final ``eval/return_mean`` (m
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import sys
 from pathlib import Path
 
+from dqnlab.errors import ArgumentParser  # light: one error line for a bad argument
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or dirs above them (a multirun dir)")
     parser.add_argument("-o", "--output", type=Path, help="PNG to write (default: <first dir>/curves.png)")
     parser.add_argument("--metric", default="rollout/episode_return", help="metrics.csv column to plot")

@@ -20,6 +20,7 @@ per-game table of raw scores. See ``dqnlab.share.atari100k``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from dqnlab.errors import EXIT_CONFIG_ERROR, print_error
+from dqnlab.errors import EXIT_CONFIG_ERROR, ArgumentParser, positive_int, print_error
 from dqnlab.share import atari100k, stats
 from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
 
@@ -255,7 +256,7 @@ def atari100k_report(runs: list[Run], args: argparse.Namespace) -> tuple[str, li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or dirs above them (multirun dirs)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this Markdown file")
     parser.add_argument("--png", type=Path, help="write IQM learning curves here (one file per env)")
@@ -272,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--atari100k", action="store_true", help="score Atari 100k runs beside DrQ(eps) and SPR (see above)"
     )
-    parser.add_argument("--draws", type=int, default=10_000, help="draws of DrQ(eps) runs for --atari100k's band")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--draws", type=positive_int, default=10_000, help="draws of DrQ(eps) runs for --atari100k's band"
+    )
+    parser.add_argument("--reps", type=positive_int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -281,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     if not run_dirs:
         parser.error(f"no metrics.csv under {', '.join(map(str, args.dirs))}: pass run dirs of `python train.py`")
     runs = [load_run(d) for d in run_dirs]
+    # Say what is left out: jobs that failed before their first metrics row (a .hydra/ dir, no metrics.csv).
+    for job in sorted({p.parent for d in args.dirs for p in Path(d).rglob(".hydra")} - set(run_dirs)):
+        print(f"skipped {job}: no metrics.csv (the job failed or stopped before its first row)", file=sys.stderr)
+    keys = sorted({key for run in runs for key in run.summary})
+    if not args.atari100k and keys and args.metric not in keys:
+        close = difflib.get_close_matches(args.metric, keys, n=1)
+        fix = f"did you mean --metric {close[0]}?" if close else f"the keys are {', '.join(keys)}"
+        print_error(ValueError(f"--metric {args.metric} is in no run's summary.json: {fix}"))
+        return EXIT_CONFIG_ERROR
     if args.atari100k:
         try:
             text, runs = atari100k_report(runs, args)

@@ -1,10 +1,16 @@
-"""eval.keep_best: the run ends with the network of its best periodic evaluation when that beats the final one."""
+"""eval.keep_best: the network of the best periodic evaluation, when it beats the final one, is kept in its own file
+(``best.ckpt``); ``last.ckpt`` stays the exact final training state, and every command says which one it plays."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
 
 import torch
 
 from dqnlab.train import build, run
+from tests.conftest import PYTHON, ROOT
 
 
 def _set_policy(module, balance: bool) -> None:
@@ -23,7 +29,7 @@ def _set_policy(module, balance: bool) -> None:
             layers[2].bias[0] = 1.0
 
 
-def test_a_worse_final_network_is_replaced_by_the_best_evaluated_one(make_cfg):
+def test_a_worse_final_network_leaves_the_best_evaluated_one_kept_beside_it(make_cfg):
     parts = build(make_cfg("debug=smoke", "eval.keep_best=true", "eval.episodes=4", "~checkpoint", "logger=[]"))
     try:
         ev, module = parts.evaluator, parts.module
@@ -41,8 +47,12 @@ def test_a_worse_final_network_is_replaced_by_the_best_evaluated_one(make_cfg):
         assert final["eval/last_return_mean"] < 15
         assert final["eval/best_return_mean"] == best["return_mean"]
         assert final["eval/return_mean"] > 30  # new episodes, played by the kept network
-        for k, v in module.q_net.state_dict().items():
+        # The kept network goes to best.ckpt; the online network stays the final one (last.ckpt is exact).
+        for k, v in ev.kept["state"].items():
             assert torch.equal(v, kept[k]), k
+        assert ev.kept["env_steps"] == best["env_steps"] and ev.kept["return_mean"] == best["return_mean"]
+        final_layers = [m for m in module.q_net.modules() if isinstance(m, torch.nn.Linear)]
+        assert final_layers[2].bias[0] == 1.0 and final_layers[0].weight.abs().sum() == 0  # the always-left net
         # A better final network stays: the balancing one again, against a worse kept one.
         ev.best = {**best, "return_mean": 5.0}
         _set_policy(module, balance=True)
@@ -62,3 +72,42 @@ def test_keep_best_reports_its_keys_in_the_summary(make_cfg):
     assert summary["eval/best_return_mean"] >= summary["eval/last_return_mean"]
     if summary["eval/best_env_steps"] == 400:
         assert summary["eval/return_mean"] == summary["eval/last_return_mean"] == summary["eval/best_return_mean"]
+
+
+def _py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_the_kept_network_lives_in_best_ckpt_and_last_ckpt_is_the_final_state(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # CartPole seed 0 on the default config keeps the network of env step 4,000 (its evaluation beats the final).
+    proc = _py("train.py", "env_steps=6000", "checkpoint.every=2000", "eval.keep_best=true", "eval.every=2000",
+               f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval/best_env_steps"] == 4000 and summary["env_steps"] == 6000
+    ckpts = run_dir / "checkpoints"
+    load = lambda name: torch.load(ckpts / name, map_location="cpu", weights_only=False)  # noqa: E731
+    best, last, at_4000 = load("best.ckpt"), load("last.ckpt"), load("env_steps_4000.ckpt")
+    q = [k for k in best["state_dict"] if k.startswith("q_net.")]
+    assert all(torch.equal(best["state_dict"][k], at_4000["state_dict"][k]) for k in q)  # the kept one
+    assert not all(torch.equal(best["state_dict"][k], last["state_dict"][k]) for k in q)  # last: the final one
+    assert last["callbacks"]["EnvStepper"]["env_steps"] == 6000 and "optimizer_states" in last
+    assert best["dqnlab"]["kept"]["env_steps"] == 4000 and "optimizer_states" not in best
+    # The printed commands play the kept network and train the final state further.
+    out = proc.stdout + proc.stderr
+    assert f"scripts/evaluate.py {ckpts / 'best.ckpt'} episodes=20" in out
+    assert f"train.py ckpt_path={ckpts / 'last.ckpt'} env_steps=12000" in out
+    # evaluate.py and export.py say which network they play.
+    played = json.loads(_py("scripts/evaluate.py", str(ckpts / "best.ckpt"), "episodes=2").stdout)
+    assert played["network"].startswith("the network eval.keep_best kept: env step 4000")
+    played = json.loads(_py("scripts/evaluate.py", str(ckpts / "last.ckpt"), "episodes=2").stdout)
+    assert "the final one; eval.keep_best kept that of env step 4000" in played["network"]
+    exported = json.loads(_py("scripts/export.py", str(run_dir)).stdout)
+    assert exported["checkpoint"] == str(ckpts / "best.ckpt") and exported["agent_file"] == str(
+        run_dir / "agent.safetensors"
+    )
+    # best.ckpt is for playing: resuming from it is one error line naming last.ckpt.
+    refused = _py("train.py", f"ckpt_path={ckpts / 'best.ckpt'}", f"hydra.run.dir={run_dir}")
+    assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and "Traceback" not in refused.stderr
+    assert f"resume from the last.ckpt beside it (ckpt_path={ckpts / 'last.ckpt'})" in refused.stderr

@@ -34,9 +34,10 @@ def test_one_error_line_with_the_fix(override: str, fix: str, tmp_path: Path) ->
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override", ["env.id=Taxi-v3", "env.id=FrozenLake-v1"])
+@pytest.mark.parametrize("override", ["env.id=Taxi-v3", "env.id=Pendulum-v1"])
 def test_an_env_refused_once_built_leaves_no_run_dir(override: str, tmp_path: Path) -> None:
-    # Taxi-v3 is gone from gymnasium (a close match is named); FrozenLake's observations are Discrete.
+    # Taxi-v3 is gone from gymnasium (a close match is named); Pendulum's actions are continuous. (FrozenLake, once
+    # refused for its Discrete observations, now trains one-hot encoded: tests/test_own_env.py.)
     cmd = [PYTHON, "train.py", "env=gym", override, "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

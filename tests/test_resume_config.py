@@ -73,6 +73,11 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
     first = _train("env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",
                    "collector.exploration_fraction=0.9", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
+    first_summary = (tmp_path / "run" / "summary.json").read_bytes()
+    # Resuming the finished run again (a repeated or requeued command) trains nothing and leaves its summary.
+    again = _train(f"hydra.run.dir={tmp_path / 'run'}", "ckpt_path=last")
+    assert again.returncode == 0 and "summary.json is left as it was" in again.stdout + again.stderr
+    assert (tmp_path / "run" / "summary.json").read_bytes() == first_summary
     words = _next_train_command(first.stdout + first.stderr)
     proc = subprocess.run([PYTHON, "train.py", *words], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
@@ -88,6 +93,11 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
             shutil.rmtree(run_dir)
     assert "restored from the checkpoint; the command line changed env_steps: 3000 -> 6000" in out
     assert summary["seed"] == 3 and summary["env_steps"] == 6000
+    # The run's totals across its two segments, and this segment's own share.
+    assert summary["segments"] == 2 and summary["segment_env_steps"] == 3000
+    earlier = json.loads(first_summary)["wall_time_s"]  # the first segment's time up to its last checkpoint
+    assert earlier - 2.0 <= summary["wall_time_s"] - summary["segment_wall_time_s"] <= earlier
+    assert "6,000 env steps" in out and "over 2 segments (this one: 3,000 env steps in" in out
     assert config.env.id == "Acrobot-v1" and config.target.interval == 100 and config.target.tau == 1.0
     # Exploration goes on where it stood (0.9 x 3,000 env steps), not stretched over the new budget.
     later = [float(r["rollout/epsilon"]) for r in rows if r.get("rollout/epsilon") and float(r["env_steps"]) > 3000]
@@ -135,3 +145,17 @@ def test_a_resume_that_fails_while_loading_reports_no_elapsed_time(make_cfg, cap
         bar.on_exception(None, None, RuntimeError("size mismatch for q_net.net.0.weight"))
     parts.close()
     assert not [r for r in caplog.records if r.name == "dqnlab.run.progress"]
+
+
+def test_a_resume_is_checked_against_the_runs_config_not_todays_defaults(tmp_path: Path) -> None:
+    # CartPole's defaults prefill 2,000 env steps (and sample 256): checked against them, extending this run to
+    # 2,000 env steps would be refused as "no update after the prefill". The run's own values are what resume.
+    first = _train("collector.learning_starts=500", "algo.batch_size=64", "env_steps=1000",
+                   f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    words = _next_train_command(first.stdout + first.stderr)
+    assert "env_steps=2000" in words
+    proc = _train(*words, f"hydra.run.dir={tmp_path / 'more'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "more" / "summary.json").read_text())
+    assert summary["env_steps"] == 2000

@@ -33,6 +33,7 @@ from dqnlab import train as train_module
 from dqnlab.errors import EXIT_CONFIG_ERROR, EXIT_TRAINING_ERROR, ConfigError, TrainingError
 from dqnlab.learn.module import DQNModule
 from dqnlab.run.ckpt_file import check_checkpoint
+from dqnlab.run.report import TIMING_KEYS
 from dqnlab.train import run
 from dqnlab.validate import validate_config
 from tests.conftest import PYTHON, ROOT, compose_cfg
@@ -168,7 +169,8 @@ KILLED = [
 ]
 LOG_EVERY, LEARNING_STARTS, ENV_STEPS = 100, 200, 3500
 # At each multiple of checkpoint.every env steps but the last (last.ckpt is written there).
-CHECKPOINTS = [f"env_steps_{n}.ckpt" for n in range(500, ENV_STEPS, 500)] + ["last.ckpt"]
+# best.ckpt: the network CartPole's preset keeps (eval.keep_best)
+CHECKPOINTS = ["best.ckpt"] + [f"env_steps_{n}.ckpt" for n in range(500, ENV_STEPS, 500)] + ["last.ckpt"]
 
 
 def _untimed(row: dict[str, str]) -> dict[str, str]:
@@ -256,7 +258,7 @@ def test_sigkill_then_resume(tmp_path):
 
     # And it is the very history of the same run never killed (exact resume): only the timings differ.
     uninterrupted = run(compose_cfg(KILLED, tmp_path / "uninterrupted"))
-    timing = {"wall_time_s", "env_steps_per_s"}
+    timing = TIMING_KEYS
     assert {k: v for k, v in summary.items() if k not in timing} == pytest.approx(
         {k: v for k, v in uninterrupted.items() if k not in timing}
     )
@@ -272,7 +274,7 @@ def test_killed_after_the_final_checkpoint_resume_writes_the_same_summary(finish
     (run_dir / "summary.json").unlink()
     metrics_before = (run_dir / "metrics.csv").read_text()
     run(compose_cfg(["debug=smoke", "seed=1", "checkpoint.every=100", "ckpt_path=last"], run_dir))
-    timing = {"wall_time_s", "env_steps_per_s"}
+    timing = TIMING_KEYS
     summary, original = (json.loads((d / "summary.json").read_text()) for d in (run_dir, finished_run))
     assert {k: v for k, v in summary.items() if k not in timing} == {
         k: v for k, v in original.items() if k not in timing

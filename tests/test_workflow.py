@@ -23,11 +23,12 @@ import torch
 
 from dqnlab.errors import ConfigError
 from dqnlab.run.checkpoint import AtomicCheckpointIO, Interrupted
+from dqnlab.run.report import TIMING_KEYS
 from dqnlab.train import run
 from tests.conftest import PYTHON, ROOT, compose_cfg
 from tests.wandb_offline import read_offline_run
 
-TIMING = {"wall_time_s", "env_steps_per_s"}
+TIMING = TIMING_KEYS  # what a resume may change in summary.json
 # Short, and slow enough per env step (one update per env step) that a signal lands mid-run.
 RESUMABLE = ["debug=smoke", "seed=5", "env_steps=600", "checkpoint.every=100"]
 
@@ -71,7 +72,8 @@ def test_checkpoint_holds_everything_an_exact_resume_needs(reference_run):
     out, _ = reference_run
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     # At each multiple of checkpoint.every=100 env steps after the 100-step prefill, but the last (last.ckpt)
-    assert names == [*(f"env_steps_{n}.ckpt" for n in (200, 300, 400, 500)), "last.ckpt"]  # 600: last.ckpt
+    # 600: last.ckpt; and best.ckpt, the network CartPole's preset keeps (eval.keep_best)
+    assert names == ["best.ckpt", *(f"env_steps_{n}.ckpt" for n in (200, 300, 400, 500)), "last.ckpt"]
     ckpt = torch.load(out / "checkpoints" / "env_steps_300.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 50
     assert any(k.startswith("q_net.") for k in ckpt["state_dict"])
@@ -113,6 +115,7 @@ def test_resume_without_the_buffer_refills_it_and_warns(tmp_path, caplog):
     summary = run(compose_cfg([*overrides, f"ckpt_path={ckpt}"], tmp_path / "b"))
     assert "without the replay buffer" in caplog.text
     assert summary["env_steps"] == 500 and summary["gradient_steps"] == 100  # the budget is unchanged
+    assert summary["refill_env_steps"] >= 100  # the refill's env steps, extra to the budget
 
 
 class _SignalAt(pl.Callback):

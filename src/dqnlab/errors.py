@@ -11,11 +11,14 @@ This module imports nothing heavy: Hydra's callback loads it before torch is imp
 
 from __future__ import annotations
 
+import argparse
+import errno
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 from hydra.errors import CompactHydraException
 
@@ -40,6 +43,44 @@ class TrainingError(RuntimeError):
     """
 
     exit_code = EXIT_TRAINING_ERROR
+
+
+class WriteFailed(TrainingError):
+    """A file of the run could not be written (a full disk, a quota, a file size limit, a read-only mount).
+
+    The message names the file, the cause and what to change; files are written atomically, so the one it was
+    to replace is intact. The CLI exits with :data:`EXIT_TRAINING_ERROR` without a traceback.
+    """
+
+
+# The errnos of "the disk cannot take this file": ENOSPC, EDQUOT, EFBIG, EROFS (errno's names differ by platform).
+_WRITE_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS") if hasattr(errno, n))
+
+
+def find_write_error(exc: BaseException) -> WriteFailed | None:
+    """A :class:`WriteFailed` behind ``exc``, or one made from a disk-full :class:`OSError` behind it.
+
+    Unlike :func:`find_user_error` this follows implicit contexts too: on a full disk, what fails while the run
+    stops (the CSV logger's last flush) comes out on top of the checkpoint write that failed first.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    found: OSError | None = None
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, WriteFailed):
+            return cur
+        if isinstance(cur, OSError) and cur.errno in _WRITE_ERRNOS and found is None:
+            found = cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    if found is None:
+        return None
+    where = f" {found.filename}" if found.filename else " a file of the run"
+    return WriteFailed(
+        f"could not write{where}: {found.strerror} (errno {found.errno}); files are replaced atomically, so the "
+        "last checkpoint written is intact: free space, then resume with ckpt_path=last and the run's "
+        "hydra.run.dir"
+    )
 
 
 class ConfigJobFailed(CompactHydraException):
@@ -83,6 +124,26 @@ def format_error(err: BaseException) -> str:
     """``error: <message>``; continuation lines of a multi-line message are indented under it."""
     lines = str(err).strip().splitlines() or [type(err).__name__]
     return "\n".join([f"error: {lines[0]}", *(f"       {line}" for line in lines[1:])])
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` for dqnlab's scripts: a bad argument is one ``error: ...`` line and exit status 2, as
+    ``train.py`` reports bad input (argparse's own usage block goes; ``--help`` still prints it).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: <message> (see: python <script> --help)`` to stderr and exit 2."""
+        typed = sys.argv[0] if sys.argv and sys.argv[0].endswith(self.prog) else self.prog  # scripts/plot.py
+        print_error(ValueError(f"{message} (see: python {typed} --help)"))
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def _in_multirun() -> bool:
@@ -150,7 +211,7 @@ def exit_on_config_error() -> Iterator[None]:
             print(f"{stop}", file=sys.stderr, flush=True)
             sys.modules["dqnlab.run.stopping"].exit_at_once_on_more_signals(stop)
             sys.exit(stop.code)
-        err = find_user_error(exc)
+        err = find_user_error(exc) or find_write_error(exc)
         if err is None or full_error_requested():
             log_traceback_to_files(exc)
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 import warnings
@@ -19,11 +20,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
+from dqnlab.checks import raise_all
 from dqnlab.cluster.slurm import lightning_plugins, requeue_ckpt_path
+from dqnlab.data.action_masks import detect_action_masks
 from dqnlab.data.collect import EnvStepper
 from dqnlab.data.replay import ReplayBuffer
-from dqnlab.envs.vector import env_module, match_frame_stacking, torch_dtype
-from dqnlab.envs.video import make_render_env
+from dqnlab.envs.encoding import describe_observations
+from dqnlab.envs.vector import match_frame_stacking, play_arguments, torch_dtype
+from dqnlab.envs.video import make_render_env, render_problem
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_if_only_started, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
@@ -37,6 +41,7 @@ from dqnlab.run.checkpoint import (
     resolve_ckpt_path,
 )
 from dqnlab.run.checks import check_writable_dir
+from dqnlab.run.ckpt_file import check_checkpoint
 from dqnlab.run.evaluation import Evaluator
 from dqnlab.run.nonfinite import NonFiniteGuard
 from dqnlab.run.progress import EnvStepProgressBar
@@ -45,6 +50,7 @@ from dqnlab.run.resume import ResumeState
 from dqnlab.run.resume_config import restore_config
 from dqnlab.run.stopping import SignalStop, StopOnSignal
 from dqnlab.run.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
+from dqnlab.share.agent_file import network_module
 from dqnlab.validate import validate_config, validate_env
 
 log = logging.getLogger(__name__)
@@ -128,13 +134,16 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
     # torch's CPU kernels 10-20x slower (Acrobot's fused Adam step: 648 us a call, 85 us flushed). Flushing them to 0
     # changes no value above 1.2e-38. It sets this thread's CPU flags, the one thread that trains.
     torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
-    env_factory = instantiate(cfg.env)
+    env_factory = instantiate(cfg.env, _recursive_=False)  # env.wrappers: built by the factory, on each copy
     env = env_factory()
     try:
         match_frame_stacking(cfg.buffer, env)  # an env that stacks frames (Atari) sets buffer.frame_stack
         validate_env(cfg, env)  # action/observation spaces and the replay size, before anything is allocated
         obs_space, num_actions = env.single_observation_space, int(env.single_action_space.n)
         device = resolve_device(cfg.trainer.get("accelerator", "auto"))
+        # An env whose reset info has action_mask: the buffer stores the masks, and the run acts and bootstraps
+        # among the valid actions only (data/action_masks.py). The look is one seeded reset; false: none.
+        masked = detect_action_masks(env, cfg.collector.get("action_mask", "auto"), cfg.seed)
 
         # A distributional learner (algo=c51) sets the network's output atoms.
         num_atoms = int(cfg.algo.get("num_atoms", 1))
@@ -155,6 +164,7 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
             seed=cfg.seed,
             n_step=module.n_step,  # the buffer sums the learner's n-step returns
             gamma=module.gamma,
+            **({"mask_size": num_actions} if masked else {}),  # a buffer of your own needs the key only then
         )
         module.attach_buffer(buffer)
 
@@ -258,7 +268,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         throughput. Hydra sweepers optimise a key of it.
     """
     t_start = time.perf_counter()
-    validate_config(cfg)  # fail in a second with the key and the fix, not minutes later in a traceback
+    if not cfg.get("ckpt_path"):  # a resume checks the run's own config once restored (restore_run_config)
+        validate_config(cfg)  # fail in a second with the key and the fix, not minutes later in a traceback
+    else:
+        raise_all(check_checkpoint(str(cfg.ckpt_path)))  # a truncated or foreign file: one line, untouched
     _quiet_lightning()
     out_dir = Path(cfg.paths.output_dir)
     check_writable_dir(out_dir, "paths.output_dir")
@@ -271,8 +284,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s at env step %d", ckpt_path, resume["env_steps"])
         if resume["config"]:  # the run's own config, with what the command line may change laid over it
             cfg = restore_run_config(cfg, resume["config"], out_dir)
+        else:  # a checkpoint without its config: the command line's config runs
+            validate_config(cfg)
         # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger starts anew).
         earlier_rows = read_metric_rows(out_dir / "metrics.csv", resume["env_steps"])
+    elif cfg.get("ckpt_path"):
+        validate_config(cfg)  # ckpt_path=last with nothing to resume: a new run
     for folder in (checkpoint_dir(cfg), out_dir):  # temp files of a process killed mid-write (SIGKILL, OOM)
         remove_stale_temp_files(folder)
     if cfg.get("torch_threads"):
@@ -289,10 +306,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     try:
         stop.install()
         parts = builder(cfg, stop)
+        # The run's wall time counts from here on (and across segments: ResumeState adds the earlier ones).
+        next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState)).started = t_start
         device = resolve_device(cfg.trainer.get("accelerator", "auto")).type
         log.info("%s", describe_run(cfg, device))
         for line in describe_update(cfg, parts.module):
             log.info("%s", line)
+        if observations := describe_observations(parts.env):  # Discrete or Dict observations: how they were encoded
+            log.info("%s", observations)
         hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), device)
         if hint and ckpt_path is None:
             log.warning("%s", hint)
@@ -314,14 +335,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
         finish_wandb(failed)  # one W&B run per job, also when a multirun runs its jobs in one process
 
     collector = parts.collector
+    segment_steps = collector.env_steps - collector.fit_start_env_steps
+    if ckpt_path is not None and segment_steps == 0 and (out_dir / SUMMARY_FILE).is_file():
+        # The resume of a finished run (a repeated or requeued command) trains nothing: its summary stays.
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+        log.info("the run had finished before: %s is left as it was", SUMMARY_FILE)
+        log.info("%s", format_summary(summary, out_dir, *_next_files(cfg, parts)))
+        return summary
+    resumed = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState)).totals()
     summary: dict[str, Any] = {
         **parts.evaluator.final,
         "env_steps": float(collector.env_steps),
         "gradient_steps": float(parts.trainer.global_step),
         "episodes": float(collector.episodes),
-        "wall_time_s": time.perf_counter() - t_start,
+        "wall_time_s": resumed["wall_time_s"],  # across segments: this process's and those it resumed
         # This process's own env steps over its own fit time (a resume took the earlier ones in another).
-        "env_steps_per_s": (collector.env_steps - collector.fit_start_env_steps) / max(fit_s, 1e-9),
+        "env_steps_per_s": segment_steps / max(fit_s, 1e-9),
         "seed": float(cfg.seed),
         # The mean training return of the last 100 episodes: the learning curves papers report (MinAtar's)
         **(
@@ -329,13 +358,36 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if collector.recent_returns
             else {}
         ),
+        # A resume without the replay buffer: the extra env steps that refilled it (not counted in env_steps)
+        **({"refill_env_steps": collector.refill_env_steps} if collector.refill_env_steps else {}),
         "update_path": parts.module.update_path,  # cuda_graph, or eager (the CPU, or a failed recording)
         **update_summary(cfg, parts.module),
     }
+    if resumed["segments"] > 1:  # this segment's own share, beside the run's totals
+        segment = {"segment_env_steps": segment_steps, "segment_wall_time_s": time.perf_counter() - t_start}
+        summary |= {"segments": resumed["segments"], **segment}
     summary = as_counts(summary)
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
-    last = parts.checkpoint.last_path if parts.checkpoint is not None else None
-    env_id = str(cfg.env.get("id", ""))
-    play_args = (f"env.id={env_id}",) if env_module(env_id) else ()  # playing your own env names its module
-    log.info("%s", format_summary(summary, out_dir, last, play_args))
+    log.info("%s", format_summary(summary, out_dir, *_next_files(cfg, parts)))
     return summary
+
+
+def _next_files(cfg: DictConfig, parts: Components) -> tuple[Path | None, tuple[str, ...], Path | None, bool]:
+    """What the printed next commands take (``format_summary``'s arguments after the run dir): ``last.ckpt``; the
+    overrides that playing needs (``env.id=`` for your own env, ``allow_module=`` for your wrappers and network:
+    a file never makes dqnlab import a module by itself); ``best.ckpt`` when ``eval.keep_best`` wrote one; and
+    whether the env can be filmed (``video=true``).
+    """
+    last = parts.checkpoint.last_path if parts.checkpoint is not None else None
+    play_args = list(play_arguments(cfg.env))
+    own_network = network_module(OmegaConf.to_container(cfg, resolve=True))
+    if own_network:
+        allow = next((i for i, a in enumerate(play_args) if a.startswith("allow_module=")), None)
+        if allow is None:
+            play_args.insert(0, f"allow_module={own_network}")
+        else:
+            play_args[allow] += f",{own_network}"
+    best = parts.checkpoint.best_path if parts.checkpoint is not None else None
+    play = best if best is not None and best.is_file() and cfg.eval.get("keep_best") else None
+    can_film = render_problem(cfg.env, parts.env.single_observation_space) is None
+    return last, tuple(play_args), play, can_film

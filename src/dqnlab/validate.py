@@ -171,6 +171,7 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
 
     """
     env_checks.check_spaces(cfg, env)
+    env_checks.check_render(cfg, env)  # eval.video=true on an env that cannot be filmed: refused before training
     learn_checks.check_augment(cfg, env)
     data_checks.check_buffer_fits(cfg, env)
 
@@ -181,8 +182,11 @@ def _newest_run_with_a_checkpoint(root: Path) -> Path | None:
     return found[-1].parent.parent if found else None
 
 
-def check_run_dir(config: DictConfig) -> None:
+def check_run_dir(config: DictConfig) -> DictConfig | None:
     """Before Hydra creates the run dir: a resume that cannot resume, or a new run over an old one, is refused.
+
+    Returns the config a resume will run (the checkpoint's, with the command line's allowed changes), for
+    :func:`validate_config` to check instead of today's defaults; ``None`` for a new run.
 
     - ``ckpt_path=last`` needs the run dir that holds the run: without ``hydra.run.dir`` Hydra makes a new,
       empty timestamped dir, which never holds a ``last.ckpt``.
@@ -213,17 +217,18 @@ def check_run_dir(config: DictConfig) -> None:
                 f"hydra.run.dir={run_dir} holds a run ({', '.join(held)}): resume it with ckpt_path=last, or choose "
                 "another hydra.run.dir for a new run"
             )
-        return
+        return None
     path = run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(str(ckpt_path)).expanduser()
     if not path.is_file() or check_checkpoint(str(path)):
-        return  # ckpt_path=last with nothing to resume starts fresh; an unreadable file is validate_config's
+        return None  # ckpt_path=last with nothing to resume starts fresh; an unreadable file is validate_config's
     saved = peek_checkpoint(str(path))["config"]
-    if saved:
-        task = OmegaConf.to_container(config, resolve=False)
-        assert isinstance(task, dict)
-        task.pop("hydra", None)
-        task.setdefault("paths", {})["output_dir"] = str(run_dir)  # ${hydra:...} cannot resolve before the run
-        restore_config(OmegaConf.create(task), saved, list(config.hydra.overrides.task))
+    if not saved:
+        return None  # a checkpoint older than its stored config: the command line's config runs
+    task = OmegaConf.to_container(config, resolve=False)
+    assert isinstance(task, dict)
+    task.pop("hydra", None)
+    task.setdefault("paths", {})["output_dir"] = str(run_dir)  # ${hydra:...} cannot resolve before the run
+    return restore_config(OmegaConf.create(task), saved, list(config.hydra.overrides.task))[0]
 
 
 class ValidateOnStart(Callback):
@@ -236,8 +241,9 @@ class ValidateOnStart(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the whole config and what the run dir holds, then that ``hydra.run.dir`` is writable."""
         try:
-            validate_config(config)
-            check_run_dir(config)
+            # A resume runs the checkpoint's config, not today's defaults: that is the one to check.
+            restored = check_run_dir(config)
+            validate_config(restored if restored is not None else config)
             check_writable_dir(config.hydra.run.dir, "hydra.run.dir")
         except ConfigError as err:
             self._exit(err)

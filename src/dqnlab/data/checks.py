@@ -82,8 +82,11 @@ def relation_problems(v: dict[str, float]) -> list[str]:
 
 
 def choice_problems(cfg: DictConfig) -> list[str]:
-    """The replay's string knobs."""
-    return check_choices(cfg, CHOICES)
+    """The replay's string knobs, and ``collector.action_mask`` (auto, true or false)."""
+    mask = select(cfg, "collector.action_mask")
+    wrong = mask is not ABSENT and not (mask == "auto" or isinstance(mask, bool))
+    bad_mask = [f"collector.action_mask={mask} is not known: use auto, true or false"] if wrong else []
+    return check_choices(cfg, CHOICES) + bad_mask
 
 
 def buffer_device(cfg: DictConfig) -> torch.device:

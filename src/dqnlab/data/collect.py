@@ -13,6 +13,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from pytorch_lightning.callbacks import Callback
 
+from dqnlab.data.action_masks import action_masks, random_valid_actions
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.envs.pipe import EnvPipe
 from dqnlab.learn.rl_math import linear_schedule
@@ -49,6 +50,10 @@ class EnvStepper(Callback):
             or a worker thread). Its actions then come from the network one update phase earlier than in the
             synchronous order; the replay ratio and every counter stay the same. ``auto``: on when the learner
             is on a GPU, where the updates run asynchronously to the host.
+        action_mask: Act among the valid actions of an env that puts ``action_mask`` in its info
+            (:mod:`dqnlab.data.action_masks`): the random actions are drawn among them, the greedy one is the best
+            of them. ``auto`` or ``true``: when ``buffer`` stores masks (:func:`dqnlab.train.build` builds it so
+            when the env's first reset gives one); ``false``: never.
 
     """
 
@@ -68,6 +73,7 @@ class EnvStepper(Callback):
         log_every: int = 1000,
         seed: int = 0,
         async_envs: bool | str = "auto",
+        action_mask: bool | str = "auto",
     ) -> None:
         if train_freq < 1 or gradient_steps < 1:
             raise ValueError(
@@ -97,8 +103,11 @@ class EnvStepper(Callback):
         self._async = False  # resolved in on_fit_start
         self._pipe = EnvPipe(env)
         self._in_flight: np.ndarray | None = None  # actions of a vector step sent and not yet received
+        self.masked = action_mask is not False and getattr(buffer, "masks", None) is not None
+        self._mask: np.ndarray | None = None  # [N, A] bool, the valid actions of self._obs (masked runs only)
 
         self.env_steps = 0  # env steps taken (a vector step of N envs counts N)
+        self.refill_env_steps = 0  # a resume without its replay: env steps that refilled it (not in env_steps)
         self.episodes = 0
         self._obs: np.ndarray | None = None
         self._ep_return = np.zeros(self.num_envs)
@@ -153,10 +162,11 @@ class EnvStepper(Callback):
     # ------------------------------------------------------------------ stepping
     def _reset(self) -> None:
         self.finish_pending_step()
-        obs, _ = self.env.reset(seed=self.seed)
+        obs, info = self.env.reset(seed=self.seed)
         self.env.action_space.seed(self.seed)
         self._obs = obs
         self.buffer.start(obs)
+        self._store_masks(info)
         self._last_done[:] = False
 
     def restart_episodes(self, seed: int) -> None:
@@ -166,21 +176,35 @@ class EnvStepper(Callback):
         new episode in every stream.
         """
         self.finish_pending_step()
-        obs, _ = self.env.reset(seed=seed)
+        obs, info = self.env.reset(seed=seed)
         self._obs = obs
         self.buffer.start(obs)
+        self._store_masks(info)
         self._ep_return[:] = 0.0
         self._ep_length[:] = 0
         self._last_done[:] = False
 
+    def _store_masks(self, info: dict[str, Any]) -> None:
+        """Keep the action masks of the newest observations for acting, and store them with them (masked runs)."""
+        if self.masked:
+            self._mask = action_masks(info, self.num_envs, self.num_actions)
+            self.buffer.write_masks(self._mask)
+
     def _act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
         n = self.num_envs
+        mask = self._mask
         explore = self.rng.random(n) < epsilon
-        random_actions = self.rng.integers(self.num_actions, size=n)
+        if mask is None:
+            random_actions = self.rng.integers(self.num_actions, size=n)
+        else:
+            random_actions = random_valid_actions(self.rng, mask)
         if explore.all():  # no forward pass needed (all of the prefill, most of early training)
             return random_actions
         obs = torch.as_tensor(self._obs, device=pl_module.device)
-        greedy = pl_module.greedy_actions(obs).cpu().numpy()  # one device-to-host copy per vector step
+        if mask is None:
+            greedy = pl_module.greedy_actions(obs).cpu().numpy()  # one device-to-host copy per vector step
+        else:
+            greedy = pl_module.greedy_actions(obs, torch.as_tensor(mask, device=pl_module.device)).cpu().numpy()
         return np.where(explore, random_actions, greedy)
 
     def step(self, pl_module: pl.LightningModule, random: bool = False) -> None:
@@ -215,6 +239,8 @@ class EnvStepper(Callback):
         game_over = info.get("game_over", terminated | truncated)
         # Only a game over resets the env (a lost life is terminated for learning, the game goes on).
         self.buffer.add(actions, rewards, terminated, truncated, next_obs, resets=game_over)
+        if self.masked:  # after an autoreset: the reset's mask, of the new episode's first observation
+            self._store_masks(info)
         live = ~self._last_done  # an autoreset step belongs to no episode
         self._ep_return += np.where(live, raw, 0.0)
         self._ep_length += live
@@ -341,6 +367,7 @@ class EnvStepper(Callback):
             "new_returns": list(self._new_returns),  # finished since the last logged row
             "new_lengths": list(self._new_lengths),
             "buffer": self.buffer.state_dict(),  # left out of the file with checkpoint.save_buffer=false
+            **({"action_mask": torch.from_numpy(self._mask.copy())} if self._mask is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -359,4 +386,8 @@ class EnvStepper(Callback):
         self._new_lengths = list(state_dict.get("new_lengths", []))
         if "buffer" in state_dict:  # absent: the checkpoint was saved without it (see dqnlab.run.checkpoint)
             self.buffer.load_state_dict(state_dict["buffer"])
+        if self.masked:  # a checkpoint of a run without masks: every action valid until the next step's info
+            saved = state_dict.get("action_mask")
+            full = np.ones((self.num_envs, self.num_actions), dtype=bool)
+            self._mask = _numpy_copy(saved).astype(bool) if saved is not None else full
         self._restored = True

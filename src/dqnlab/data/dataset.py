@@ -23,6 +23,8 @@ class Batch(NamedTuple):
         indices: ``[B]`` int64 flat slot indices (``slot * num_envs + env``), for priority updates.
         discounts: ``[B]`` float32 discount of the bootstrap value: ``gamma ** m`` for an ``m``-step return
             (``gamma`` with ``n_step=1``); ``rewards`` are then the discounted sums of those ``m`` rewards.
+        next_mask: ``[B, num_actions]`` bool, the actions valid in ``next_obs`` (the env's ``info["action_mask"]``,
+            stored with each observation), which the TD target maximises over; ``None`` for envs without masks.
 
     """
 
@@ -35,6 +37,7 @@ class Batch(NamedTuple):
     weights: Tensor
     indices: Tensor
     discounts: Tensor
+    next_mask: Tensor | None = None
 
 
 class Sampleable(Protocol):

@@ -152,6 +152,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         beta_steps: Env steps over which beta rises linearly to 1 (the config sets the run's ``env_steps``).
         priority_eps: Added to ``|TD error|`` so that no stored transition gets probability 0.
         fanout: Children per node of the priority tree.
+        mask_size: Actions per stored action mask (see :class:`~dqnlab.data.replay.ReplayBuffer`); 0 stores none.
 
     """
 
@@ -173,6 +174,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         beta_steps: int = 1_000_000,
         priority_eps: float = 1e-6,
         fanout: int = 32,
+        mask_size: int = 0,
     ) -> None:
         # Spelled out rather than **kwargs, so that config validation can name a misspelled buffer key.
         super().__init__(
@@ -187,6 +189,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             memory_fraction=memory_fraction,
             n_step=n_step,
             gamma=gamma,
+            mask_size=mask_size,
         )
         if alpha < 0 or not 0 <= beta_start <= 1 or priority_eps <= 0 or beta_steps < 0:
             raise ValueError(

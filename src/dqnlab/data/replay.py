@@ -22,12 +22,15 @@ behind the updates already launched instead of waiting for them. A draw is ``ran
 a bias below ``size / 2**62`` (1e-13 for a 1M buffer).
 
 N-step returns and frame stacks are read from the slots around a sampled one (``data/windows.py``).
+
+Action masks. An env whose info carries ``action_mask`` (valid actions, gymnasium's and PettingZoo's convention)
+has its mask stored with each observation (``mask_size`` actions, :meth:`write_masks`), so a batch carries the
+next observation's (``Batch.next_mask``) for a TD target over the valid actions only.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,20 +44,7 @@ from dqnlab.data.memory import (
     memory_for_a_new_buffer,
     reservations_locked,
 )
-from dqnlab.data.windows import SampleWindows
-
-
-class _FlatViews(NamedTuple):
-    """Views of a :class:`ReplayBuffer`'s storage that sampling reads (see ``ReplayBuffer.__init__``)."""
-
-    obs: Tensor  # [capacity, *frame_shape]
-    actions: Tensor  # [capacity]
-    rewards: Tensor  # [capacity]
-    terminated: Tensor  # [capacity]
-    truncated: Tensor  # [capacity]
-    first: Tensor  # [capacity]
-    start: Tensor  # 0-dim, bounds[0]: the first sampleable ring entry
-    size: Tensor  # 0-dim, bounds[1]: sampleable entries
+from dqnlab.data.windows import FlatViews, SampleWindows
 
 
 class ReplayBuffer(SampleWindows):
@@ -74,6 +64,8 @@ class ReplayBuffer(SampleWindows):
         n_step: Length of the return summed per sample (env steps); 1 is one-step Q-learning.
         gamma: Discount per env step used for those sums (the learner's ``algo.gamma``, set by
             :func:`dqnlab.train.build`).
+        mask_size: Actions per stored action mask (the env's action count when it gives masks, set by
+            :func:`dqnlab.train.build`); 0 stores none.
 
     """
 
@@ -90,6 +82,7 @@ class ReplayBuffer(SampleWindows):
         memory_fraction: float = 0.9,
         n_step: int = 1,
         gamma: float = 0.99,
+        mask_size: int = 0,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -116,7 +109,7 @@ class ReplayBuffer(SampleWindows):
         self.gamma = float(gamma)
         frame_shape = self.obs_shape[1:] if frame_stack > 1 else self.obs_shape
 
-        need = self.nbytes_for(slots, num_envs, frame_shape, obs_dtype)
+        need = self.nbytes_for(slots, num_envs, frame_shape, obs_dtype, mask_size)
         # Checked and reserved under the machine-wide lock: a job starting next sees this buffer's bytes.
         with reservations_locked() as directory:
             free, jobs, held = memory_for_a_new_buffer(self.device)
@@ -137,6 +130,8 @@ class ReplayBuffer(SampleWindows):
         self.truncated = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
         # first[t]: the obs in slot t is the first of an episode (stacks and n-step sums stop here).
         self.first = torch.zeros((slots, num_envs), dtype=torch.bool, device=dev)
+        # masks[t]: the actions valid in the obs of slot t (all, until written); None for envs without masks.
+        self.masks = torch.ones((slots, num_envs, mask_size), dtype=torch.bool, device=dev) if mask_size else None
         # FIFO of the flat indices of valid transitions (see the module docstring); counters never wrap.
         self._valid_ring = torch.zeros(self.capacity, dtype=torch.int64, device=dev)
         if reservation is not None:
@@ -153,11 +148,12 @@ class ReplayBuffer(SampleWindows):
         self._gammas = torch.ones(0, device=dev)  # one-step discounts of a batch, cached like _ones
         self._window = torch.arange(n_step + 1, device=dev)  # offsets of an n-step window's slots
         # Numpy views of host storage: writes of one vector step go through them (see _put).
-        names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring", "bounds")
-        self._host_views = {n: getattr(self, n).numpy() for n in names} if dev.type == "cpu" else {}
+        names = ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring", "bounds", "masks")
+        stored = [n for n in names if getattr(self, n) is not None]
+        self._host_views = {n: getattr(self, n).numpy() for n in stored} if dev.type == "cpu" else {}
         # Views that every draw indexes, made once (a view costs a dispatch per use): the storage above is never
         # reallocated (load_state_dict copies into it). Flat rows are slot * num_envs + env.
-        self._flat = _FlatViews(
+        self._flat = FlatViews(
             obs=self.obs.view(self.capacity, *frame_shape),
             actions=self.actions.view(-1),
             rewards=self.rewards.view(-1),
@@ -166,6 +162,7 @@ class ReplayBuffer(SampleWindows):
             first=self.first.view(-1),
             start=self.bounds[0],
             size=self.bounds[1],
+            masks=self.masks.view(self.capacity, mask_size) if self.masks is not None else None,
         )
         self.pos = 0  # slot of the newest observation
         self.obs_written = 0  # observations written per stream since creation (vector steps + 1)
@@ -173,10 +170,12 @@ class ReplayBuffer(SampleWindows):
         self.generator.manual_seed(seed)
 
     @staticmethod
-    def nbytes_for(slots: int, num_envs: int, frame_shape: tuple[int, ...], obs_dtype: torch.dtype) -> int:
-        """Bytes the storage of a buffer with these sizes allocates."""
+    def nbytes_for(
+        slots: int, num_envs: int, frame_shape: tuple[int, ...], obs_dtype: torch.dtype, mask_size: int = 0
+    ) -> int:
+        """Bytes the storage of a buffer with these sizes allocates (``mask_size``: actions per action mask)."""
         per_slot = int(np.prod(frame_shape)) * torch.empty((), dtype=obs_dtype).element_size()
-        per_slot += 8 + 4 + 1 + 1 + 1 + 8  # action, reward, terminated, truncated, first, valid-index ring
+        per_slot += 8 + 4 + 1 + 1 + 1 + 8 + mask_size  # action, reward, 3 flags, valid-index ring, mask (bool)
         return slots * num_envs * per_slot
 
     @property
@@ -190,6 +189,7 @@ class ReplayBuffer(SampleWindows):
             self.truncated,
             self.first,
             self._valid_ring,
+            *([self.masks] if self.masks is not None else []),
         )
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -225,6 +225,12 @@ class ReplayBuffer(SampleWindows):
         else:
             dst = getattr(self, name)
             dst[self._as_tensor(index) if isinstance(index, np.ndarray) else index] = self._as_tensor(value, dst.dtype)
+
+    def write_masks(self, masks: np.ndarray | Tensor) -> None:
+        """Store ``[N, mask_size]`` bool action masks of the newest observations (written by ``start``/``add``)."""
+        if self.masks is None:
+            raise RuntimeError("this replay buffer stores no action masks: build it with mask_size=<action count>")
+        self._put("masks", self.pos, masks)
 
     def _write_obs(self, obs: np.ndarray | Tensor, first: np.ndarray) -> None:
         if self.obs_written:
@@ -359,6 +365,7 @@ class ReplayBuffer(SampleWindows):
             weights=weights,
             indices=idx,
             discounts=discounts,
+            next_mask=None if flat.masks is None else flat.masks.index_select(0, nxt),
         )
 
     # ------------------------------------------------------------------ checkpointing
@@ -386,11 +393,16 @@ class ReplayBuffer(SampleWindows):
             "pos": self.pos,
             "obs_written": self.obs_written,
             "generator": self.generator.get_state(),
+            **({"masks": _leading_rows(self.masks, filled)} if self.masks is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict` of a buffer with the same shapes."""
-        for name in ("obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring"):
+        names = ["obs", "actions", "rewards", "terminated", "truncated", "first", "_valid_ring"]
+        if self.masks is not None:  # a buffer saved without masks (older, or masking off): every action stays valid
+            self.masks.fill_(True)
+            names += ["masks"] if "masks" in state else []
+        for name in names:
             src = state[name.lstrip("_")]
             dst = getattr(self, name)
             # The filled rows only (older checkpoints hold them all); the rest stays as allocated (zeros).

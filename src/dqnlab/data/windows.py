@@ -20,10 +20,26 @@ tells: an Atari life loss is ``terminated`` for learning, but the game and its f
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from dqnlab.learn.rl_math import NStepReturn, n_step_returns
+
+
+class FlatViews(NamedTuple):
+    """Views of a :class:`~dqnlab.data.replay.ReplayBuffer`'s storage that sampling reads (its ``_flat``)."""
+
+    obs: Tensor  # [capacity, *frame_shape]
+    actions: Tensor  # [capacity]
+    rewards: Tensor  # [capacity]
+    terminated: Tensor  # [capacity]
+    truncated: Tensor  # [capacity]
+    first: Tensor  # [capacity]
+    start: Tensor  # 0-dim, bounds[0]: the first sampleable ring entry
+    size: Tensor  # 0-dim, bounds[1]: sampleable entries
+    masks: Tensor | None  # [capacity, mask_size] valid actions of each obs, or None (an env without masks)
 
 
 class SampleWindows:
@@ -42,6 +58,7 @@ class SampleWindows:
     device: torch.device
     obs: Tensor
     bounds: Tensor
+    _flat: FlatViews
     _window: Tensor
 
     def _gather_stacks(self, slots: Tensor, envs: Tensor, next_slots: Tensor | None = None) -> tuple[Tensor, Tensor]:

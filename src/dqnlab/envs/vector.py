@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import inspect
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,11 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from omegaconf import DictConfig, open_dict
 
-from dqnlab.errors import ConfigError, MissingExtraError
-
-
-class EnvConfigError(ConfigError):
-    """The env configuration cannot work; the message names the fix."""
-
+from dqnlab.envs.api_check import check_env_api
+from dqnlab.envs.encoding import encoding_mode
+from dqnlab.envs.errors import EnvConfigError  # defined beside the env modules; importers find it here too
+from dqnlab.envs.wrappers import foreign_modules, wrap, wrapper_nodes
+from dqnlab.errors import MissingExtraError
 
 # Gymnasium envs whose dependencies come with a dqnlab extra: entry-point module prefix -> extra.
 _EXTRAS = {"gymnasium.envs.box2d": ("Box2D", "box2d")}
@@ -129,6 +129,9 @@ def make_vector_env(
     vectorization: str = "sync",
     max_episode_steps: int | None = None,
     kwargs: dict[str, Any] | None = None,
+    wrappers: list[dict[str, Any]] | None = None,
+    encode_observations: str | None = "auto",
+    check_api: bool = False,
     for_eval: bool = False,
 ) -> VectorEnv:
     """A gymnasium vector env of ``num_envs`` copies of ``id`` in NEXT_STEP autoreset mode.
@@ -140,10 +143,17 @@ def make_vector_env(
         vectorization: ``"sync"`` (one process; best for cheap envs) or ``"async"`` (one process per copy).
         max_episode_steps: Override of the registered time limit, in env steps (``None`` keeps it).
         kwargs: Extra keyword arguments for ``gym.make``.
+        wrappers: Wrappers for each copy, in order: ``[{"_target_": <class>, <its arguments>}, ...]``
+            (:mod:`dqnlab.envs.wrappers`).
+        encode_observations: ``auto``: one-hot Discrete and MultiDiscrete observations, flatten Dict, Tuple and
+            MultiBinary ones (:mod:`dqnlab.envs.encoding`); ``none``: leave them as the env gives them.
+        check_api: Check one copy against the gymnasium API first (:mod:`dqnlab.envs.api_check`); training
+            env only, evaluation and playback envs are the same env.
         for_eval: Build the evaluation variant (identical for plain gymnasium envs).
 
     Raises:
-        EnvConfigError: Unknown id, or an action space DQN cannot use.
+        EnvConfigError: Unknown id, a wrapper that cannot be built, an env that breaks the gymnasium API, or an
+            action space DQN cannot use.
         MissingExtraError: The env needs an optional dependency (Box2D: ``pip install 'dqnlab[box2d]'``).
 
     """
@@ -153,6 +163,12 @@ def make_vector_env(
     _check_extra(id)
     make_kwargs = dict(kwargs or {})
     _check_kwargs(id, make_kwargs)
+    nodes = wrapper_nodes(wrappers)
+    encode = encoding_mode(encode_observations)
+    if check_api and not for_eval:  # before gym.make_vec: its wrappers would trip over a broken return first
+        check_env_api(
+            id, {k: v for k, v in make_kwargs.items() if k not in _MAKE_KWARGS - {"render_mode"}}, f"env.id={name}"
+        )
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = max_episode_steps
     env = gym.make_vec(
@@ -160,6 +176,7 @@ def make_vector_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+        wrappers=[partial(wrap, nodes=tuple(nodes), encode=encode)],  # every copy, before vectorization
         **make_kwargs,
     )
     check_discrete(env, f"env.id={name}")
@@ -173,7 +190,8 @@ def check_discrete(env: VectorEnv, name: str) -> None:
         env.close()
         raise EnvConfigError(
             f"{name} has action space {space}: DQN needs a Discrete action space (one Q-value per action). "
-            "Pick an env with discrete actions, or discretize this one with a gymnasium ActionWrapper."
+            "Pick an env with discrete actions, or discretize this one (env=gym): "
+            "env.wrappers=[{_target_:gymnasium.wrappers.DiscretizeAction,bins:5}]"
         )
 
 
@@ -210,3 +228,14 @@ def match_frame_stacking(buffer_cfg: DictConfig, env: VectorEnv) -> None:
     with open_dict(buffer_cfg):
         buffer_cfg.frame_stack = stack
         buffer_cfg.stack_padding = str(env.metadata.get("stack_padding", "reset"))
+
+
+def play_arguments(env_cfg: DictConfig) -> tuple[str, ...]:
+    """What ``scripts/evaluate.py`` needs on its command line to play this env: the modules of your own that the
+    run imported (``allow_module=`` for wrappers, ``env.id=`` for a ``module:EnvId``), which a file never names
+    for itself.
+    """
+    env_id = str(env_cfg.get("id", ""))
+    own = env_module(env_id)
+    allow = [m for m in foreign_modules(env_cfg.get("wrappers")) if m != own]
+    return (*([f"allow_module={','.join(allow)}"] if allow else []), *([f"env.id={env_id}"] if own else []))

@@ -8,33 +8,94 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from gymnasium.vector import VectorEnv
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dqnlab.data.action_masks import KEY as MASK_KEY
+from dqnlab.data.action_masks import action_masks, random_valid_actions
 from dqnlab.errors import MissingExtraError
 from dqnlab.io import FILE_MODE
 
 
-def make_render_env(env_cfg: DictConfig) -> VectorEnv:
+def _is_image(space: Any) -> bool:
+    """Observations :func:`frame_of` can film when the env does not render: ``[H, W]`` or ``[stack, H, W]`` uint8."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
+
+
+def declared_render_modes(env_id: str) -> list[str] | None:
+    """The ``render_modes`` the class of a registered env declares (``None``: its entry point is a function, whose
+    env is known only once built). A ``module:EnvId`` id's module must be allowed to import.
+    """
+    from dqnlab.envs.vector import import_env_module
+
+    spec = gym.spec(import_env_module(env_id))
+    entry = spec.entry_point
+    creator = entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
+    if not isinstance(creator, type):
+        return None
+    return list((getattr(creator, "metadata", None) or {}).get("render_modes") or [])
+
+
+def _cannot_render(env_id: str, modes: list[str] | None, key: str) -> str:
+    declared = f"declares render_modes {modes}, without 'rgb_array'," if modes is not None else "renders no rgb_array"
+    return (
+        f"env.id={env_id} cannot be filmed: its env {declared} and its observations are not images to film instead: "
+        f"set {key}=false, or give the env a render() that returns an RGB array for render_mode='rgb_array' (listed "
+        "in its metadata['render_modes'])"
+    )
+
+
+def render_problem(env_cfg: DictConfig, observation_space: Any, key: str = "eval.video") -> str | None:
+    """Why videos of the configured env cannot be made, or ``None`` (also when only building it would tell).
+
+    Args:
+        env_cfg: The ``env`` node; gymnasium envs by id are checked, other factories film their observations.
+        observation_space: One copy's observation space (images can be filmed whatever the env renders).
+        key: The setting that asked for videos, for the fix (``eval.video``, ``video``).
+
+    """
+    if "id" not in env_cfg or _is_image(observation_space):
+        return None
+    modes = declared_render_modes(str(env_cfg.id))
+    return None if modes is None or "rgb_array" in modes else _cannot_render(str(env_cfg.id), modes, key)
+
+
+def make_render_env(env_cfg: DictConfig, key: str = "eval.video") -> VectorEnv:
     """One copy of the configured env, evaluation variant, rendering ``rgb_array`` frames where it can.
 
     Gymnasium envs (``env.kwargs`` goes to ``gym.make``) get ``render_mode="rgb_array"`` (CartPole needs
     ``pygame``, in the ``video`` extra). Other factories (Atari) are built as they are and filmed from their
     observations (:func:`frame_of`).
+
+    Raises:
+        EnvConfigError: A gymnasium env that renders no ``rgb_array`` frames and has no image observations; the
+            message says to set ``key`` to false.
+
     """
+    from dqnlab.envs.vector import EnvConfigError
+
     # Headless: pygame (CartPole's renderer) must not look for a display or a sound server.
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     overrides: dict[str, Any] = {"num_envs": 1, "for_eval": True}
-    if "kwargs" in env_cfg:
+    by_id = "kwargs" in env_cfg
+    modes = declared_render_modes(str(env_cfg.id)) if by_id else None
+    if by_id:
         kwargs = OmegaConf.to_container(env_cfg.kwargs, resolve=True) or {}
-        overrides["kwargs"] = {**kwargs, "render_mode": "rgb_array"}
+        if modes is None or "rgb_array" in modes:  # a constructor without render_mode must not be handed one
+            kwargs = {**kwargs, "render_mode": "rgb_array"}
+        overrides["kwargs"] = kwargs
         overrides["vectorization"] = "sync"  # frames come from env.render() in this process
-    factory = instantiate(env_cfg)
-    return factory(**overrides)
+    factory = instantiate(env_cfg, _recursive_=False)  # env.wrappers are built per copy by the factory
+    env = factory(**overrides)
+    if by_id and env.render_mode != "rgb_array" and not _is_image(env.single_observation_space):
+        env.close()
+        raise EnvConfigError(_cannot_render(str(env_cfg.id), modes, key))
+    return env
 
 
 def frame_of(env: VectorEnv, obs: np.ndarray) -> np.ndarray:
@@ -86,6 +147,7 @@ def record_episode(
     seed: int = 0,
     fps: int = 30,
     max_frames: int = 10_000,
+    action_mask: bool = True,
 ) -> tuple[Path, float]:
     """Play one episode on copy 0 of ``env`` and write it to ``path``; return the path and the episode's return.
 
@@ -97,17 +159,20 @@ def record_episode(
         seed: Reset seed and exploration seed.
         fps: Frames per second of the video.
         max_frames: Stop filming after this many env steps (an agent that never ends an episode).
+        action_mask: Honour ``info["action_mask"]`` as training does: ``policy(obs, masks)`` picks among the
+            valid actions, and so does a random action.
 
     """
     rng = np.random.default_rng(seed)
-    num_actions = int(env.single_action_space.n)
-    obs, _ = env.reset(seed=seed)
+    n, num_actions = env.num_envs, int(env.single_action_space.n)
+    obs, info = env.reset(seed=seed)
     frames = [frame_of(env, obs)]
     ret = 0.0
     for _ in range(max_frames):
-        actions = policy(obs)
+        masks = action_masks(info, n, num_actions) if action_mask and MASK_KEY in info else None
+        actions = policy(obs) if masks is None else policy(obs, masks)  # type: ignore[call-arg]
         if epsilon > 0 and rng.random() < epsilon:
-            actions = np.array([rng.integers(num_actions)] * env.num_envs)
+            actions = np.array([rng.integers(num_actions)] * n) if masks is None else random_valid_actions(rng, masks)
         obs, rewards, terminated, truncated, info = env.step(actions)
         ret += float(np.asarray(info.get("raw_reward", rewards))[0])
         frames.append(frame_of(env, obs))

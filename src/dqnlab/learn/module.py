@@ -15,13 +15,14 @@ from torch.utils.data import DataLoader
 from dqnlab.data.dataset import Batch, ReplayDataset
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.errors import ConfigError
+from dqnlab.learn.fast.attributes import PlainAttributes
 from dqnlab.learn.fast.cpu_compute import Compute, pick
 from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.learn.fast.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.learn.fast.optim_step import clip_and_guard, fast_step
 from dqnlab.learn.networks import noisy_layers, resample_noise
 from dqnlab.learn.passes import network_passes
-from dqnlab.learn.rl_math import TDLoss, categorical_td_loss, dqn_loss, expected_q, td_target
+from dqnlab.learn.rl_math import TDLoss, categorical_td_loss, dqn_loss, expected_q, masked_argmax, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # What a subclass may redefine to change the algorithm; the hand-written update steps aside when it does.
@@ -41,7 +42,7 @@ class NonFiniteSteps(NamedTuple):
     first_gradient_step: int  # the first of them (0-based, Lightning's ``global_step`` when it ran)
 
 
-class DQNModule(pl.LightningModule):
+class DQNModule(PlainAttributes, pl.LightningModule):
     """Deep Q-learning (Mnih et al. 2015) as a LightningModule.
 
     Optimization is manual so that one ``training_step`` is exactly one gradient step with no closure
@@ -81,19 +82,10 @@ class DQNModule(pl.LightningModule):
     (online and target networks independently) and every acting step (:meth:`greedy_actions`).
     """
 
-    # Plain attributes written several times per gradient step: Lightning's hook dispatch saves and restores
-    # `_current_fx_name` around every hook (16 writes per step), and training_step counts `_metric_count`.
+    # Plain attributes written several times per gradient step, past nn.Module's checks (learn/fast/attributes.py):
+    # Lightning's hook dispatch saves and restores `_current_fx_name` around every hook (16 writes per step), and
+    # training_step counts `_metric_count`.
     _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_metric_count"})
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """``nn.Module.__setattr__``, except for :attr:`_PLAIN_ATTRIBUTES`, which can never be a parameter,
-        buffer or submodule: for them ``object.__setattr__`` does the same in a fraction of the time (its
-        parameter/buffer/module checks cost ~3 us per write, ~0.7 s of a CartPole run).
-        """
-        if name in self._PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def __init__(
         self,
@@ -146,7 +138,7 @@ class DQNModule(pl.LightningModule):
         self.register_buffer("support", torch.linspace(v_min, v_max, max(self.num_atoms, 2)), persistent=False)
         self.buffer: ReplayBuffer | None = None
         self._update_priorities: Callable[[Tensor, Tensor], None] | None = None
-        self._weights_are_ones = False  # set by attach_buffer
+        self._weights_are_ones = self.action_masked = False  # set by attach_buffer
         # Loss and Q(s, a) summed on the device and read rarely (see pop_metrics): no host sync per step.
         self.register_buffer("_metric_sums", torch.zeros(2), persistent=False)
         self._metric_count = 0
@@ -187,6 +179,8 @@ class DQNModule(pl.LightningModule):
             )
         self.buffer = buffer
         self._update_priorities = getattr(buffer, "update_priorities", None)
+        # The env gives action masks: the batches carry next_mask, which the TD targets maximise over (the header).
+        self.action_masked = getattr(buffer, "masks", None) is not None
         # Uniform replay's loss weights are all ones: the hand-written update then skips multiplying by them.
         self._weights_are_ones = self._update_priorities is None
 
@@ -212,17 +206,18 @@ class DQNModule(pl.LightningModule):
         return self.q_values(self.q_net(obs))
 
     @torch.no_grad()
-    def greedy_actions(self, obs: Tensor) -> Tensor:
-        """Argmax actions of the online network for a batch of observations (one per env).
+    def greedy_actions(self, obs: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Argmax actions of the online network for a batch of observations (one per env), among the valid
+        actions of ``mask`` (``[B, A]`` bool, the env's action masks) when given.
 
         A noisy network draws new noise first: with noisy nets the noise is the exploration (Fortunato et al.
         2018), so each acting step gets its own.
         """
         if self.noisy:
             resample_noise(self._noisy_online)
-        if self._mlp is not None:  # the same products without nn.Module dispatch (one acting step per vector step)
-            return mlp_q_values(self._mlp[0], obs).argmax(dim=1)
-        return self.forward(obs).argmax(dim=1)
+        # The hand-written MLP: the same products without nn.Module dispatch (one acting step per vector step).
+        q = mlp_q_values(self._mlp[0], obs) if self._mlp is not None else self.forward(obs)
+        return q.argmax(dim=1) if mask is None else masked_argmax(q, mask)
 
     def td_loss(self, batch: Batch) -> TDLoss:
         """Loss of one minibatch, mean ``Q(s, a)`` and per-sample TD errors, without touching the optimizer.
@@ -234,14 +229,14 @@ class DQNModule(pl.LightningModule):
             self.q_net, self.target_net, self.q_values, batch.obs, batch.next_obs,
             double=self.double, target_is_online=self.target_is_online, joined=self._concat_double,
         )  # fmt: skip
+        b = batch
         if self.num_atoms > 1:
-            b = batch
-            args = (b.actions, b.rewards, b.terminated, b.discounts, b.weights, self.support)
+            args = (b.actions, b.rewards, b.terminated, b.discounts, b.weights, self.support, b.next_mask)
             return categorical_td_loss(out, next_target, next_q_online, *args)
-        q_taken = out.gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+        q_taken = out.gather(1, b.actions.unsqueeze(1)).squeeze(1)
         with torch.no_grad():
-            target = td_target(batch.rewards, batch.terminated, next_target, batch.discounts, next_q_online)
-        loss = dqn_loss(q_taken, target, self.loss_kind, batch.weights)
+            target = td_target(b.rewards, b.terminated, next_target, b.discounts, next_q_online, b.next_mask)
+        loss = dqn_loss(q_taken, target, self.loss_kind, b.weights)
         q_taken = q_taken.detach()
         return TDLoss(loss, q_taken.mean(), (q_taken - target).abs())
 
@@ -285,7 +280,7 @@ class DQNModule(pl.LightningModule):
             weights = None if self._weights_are_ones else b.weights
             loss, q_mean, errors, grads = mlp_td_grads(
                 *self._mlp, b.obs, b.actions, b.rewards, b.next_obs, b.terminated, b.discounts, weights,
-                self.loss_kind, self.double,
+                self.loss_kind, self.double, b.next_mask,
             )  # fmt: skip
             for p, g in zip(self._online_params, grads, strict=True):
                 p.grad = g

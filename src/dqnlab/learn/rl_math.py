@@ -38,12 +38,38 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
     return start + frac * (end - start)
 
 
+def masked_q(q: Tensor, mask: Tensor) -> Tensor:
+    """``q`` with the invalid actions' values set to ``-inf``, so that max and argmax see only the valid ones.
+
+    A row without any valid action keeps all its values: an env that allows nothing is at an end, where the
+    value is not bootstrapped (``terminated``), and ``-inf`` there would make ``0 * -inf = nan`` of the target.
+
+    Args:
+        q: ``[B, A]`` Q-values.
+        mask: ``[B, A]`` bool, true where the action is valid (an env's ``info["action_mask"]``).
+
+    """
+    valid = mask | ~mask.any(dim=1, keepdim=True)
+    return q.masked_fill(~valid, float("-inf"))
+
+
+def masked_argmax(q: Tensor, mask: Tensor) -> Tensor:
+    """``[B]`` int64: the valid action of highest value in each row (see :func:`masked_q`)."""
+    return masked_q(q, mask).argmax(dim=1)
+
+
+def masked_max(q: Tensor, mask: Tensor) -> Tensor:
+    """``[B]``: the highest value of a valid action in each row (see :func:`masked_q`)."""
+    return masked_q(q, mask).max(dim=1).values
+
+
 def td_target(
     rewards: Tensor,
     terminated: Tensor,
     next_q_target: Tensor,
     gamma: float | Tensor,
     next_q_online: Tensor | None = None,
+    next_mask: Tensor | None = None,
 ) -> Tensor:
     """One-step TD target ``r + gamma * (1 - terminated) * Q_target(s', a*)``.
 
@@ -57,12 +83,19 @@ def td_target(
         gamma: Discount per step. For n-step returns pass ``gamma ** n`` (per sample, ``[B]``).
         next_q_online: ``[B, A]`` online-network Q-values of ``s'``. When given, the action is chosen by the
             online network and evaluated by the target network (Double DQN, van Hasselt et al. 2016).
+        next_mask: ``[B, A]`` bool, the actions valid in ``s'`` (an env's action mask): ``a*`` is chosen among
+            them only, since the policy can take no other (:func:`masked_q`). ``None``: every action.
 
     Returns:
         ``[B]`` targets, detached from any graph.
 
     """
-    if next_q_online is None:
+    if next_mask is not None:
+        if next_q_online is None:
+            next_v = masked_max(next_q_target, next_mask)
+        else:
+            next_v = next_q_target.gather(1, masked_argmax(next_q_online, next_mask).unsqueeze(1)).squeeze(1)
+    elif next_q_online is None:
         next_v = next_q_target.max(dim=1).values
     else:
         a_star = next_q_online.argmax(dim=1, keepdim=True)
@@ -230,11 +263,13 @@ def categorical_td_target(
     discounts: Tensor,
     support: Tensor,
     next_q_online: Tensor | None = None,
+    next_mask: Tensor | None = None,
 ) -> Tensor:
     """The C51 target distribution: the projected ``r + discount * Z_target(s', a*)`` (Bellemare et al. 2017).
 
     The distributional counterpart of :func:`td_target`: ``a*`` maximises the target network's expected Q, or
-    the online network's (``next_q_online``, Double DQN) when given; termination stops the bootstrap.
+    the online network's (``next_q_online``, Double DQN) when given, over the actions of ``next_mask`` when
+    given; termination stops the bootstrap.
 
     Args:
         rewards: ``[B]`` (n-step) rewards.
@@ -243,6 +278,7 @@ def categorical_td_target(
         discounts: ``[B]`` per-sample discount (``gamma ** m`` for an m-step return).
         support: ``[atoms]``.
         next_q_online: Optional ``[B, A]`` online-network Q-values of ``s'``.
+        next_mask: Optional ``[B, A]`` bool, the actions valid in ``s'``.
 
     Returns:
         ``[B, atoms]`` target probabilities, detached.
@@ -250,7 +286,7 @@ def categorical_td_target(
     """
     next_probs = next_logits_target.softmax(dim=-1)
     q_next = (next_probs * support).sum(dim=-1) if next_q_online is None else next_q_online
-    a_star = q_next.argmax(dim=1)
+    a_star = q_next.argmax(dim=1) if next_mask is None else masked_argmax(q_next, next_mask)
     p = next_probs[torch.arange(a_star.shape[0], device=a_star.device), a_star]
     not_done = (~terminated).to(p.dtype)
     return categorical_projection(p, rewards.to(p.dtype), discounts * not_done, support)
@@ -301,6 +337,7 @@ def categorical_td_loss(
     discounts: Tensor,
     weights: Tensor,
     support: Tensor,
+    next_mask: Tensor | None = None,
 ) -> TDLoss:
     """C51's loss (Bellemare et al. 2017): cross-entropy of the taken action's logits to the projected target.
 
@@ -314,11 +351,14 @@ def categorical_td_loss(
         discounts: ``[B]`` discount of the bootstrap.
         weights: ``[B]`` loss weights.
         support: ``[atoms]`` the atoms.
+        next_mask: ``[B, A]`` bool, the actions valid in the next observations, or None (all).
 
     """
     index = actions.view(-1, 1, 1).expand(-1, 1, support.shape[0])
     logits_taken = logits.gather(1, index).squeeze(1)  # [B, atoms]
-    target = categorical_td_target(rewards, terminated, next_logits_target, discounts, support, next_q_online)
+    target = categorical_td_target(
+        rewards, terminated, next_logits_target, discounts, support, next_q_online, next_mask
+    )
     cross_entropy, kl = categorical_loss(logits_taken, target)
     q_taken = expected_q(logits_taken.detach(), support)
     return TDLoss((cross_entropy * weights).mean(), q_taken.mean(), kl)

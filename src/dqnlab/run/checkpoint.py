@@ -19,6 +19,7 @@ stable across runs whatever their settings.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,16 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from dqnlab.data.collect import EnvStepper
-from dqnlab.errors import ConfigError
+from dqnlab.errors import ConfigError, WriteFailed
 from dqnlab.io import atomic_open
 from dqnlab.run.ckpt_file import check_checkpoint, load_checkpoint
-from dqnlab.run.stopping import Interrupted, SignalStop
+from dqnlab.run.stopping import Interrupted, SignalStop, find_stop
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+BEST = "best.ckpt"  # the network eval.keep_best kept (DQNCheckpoint.write_kept)
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -55,8 +57,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or get_protocol(str(path)) not in ("file", "local"):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        with atomic_open(path) as f:
-            torch.save(checkpoint, f)
+        try:
+            with atomic_open(path) as f:
+                torch.save(checkpoint, f)
+        except (OSError, RuntimeError) as exc:
+            # torch's zip writer turns a short write into "unexpected pos"; any other RuntimeError is not the disk's
+            short = isinstance(exc, RuntimeError) and "unexpected pos" in str(exc)
+            if find_stop(exc) is not None or not (isinstance(exc, OSError) or short):
+                raise  # a second Ctrl-C inside torch.save reports itself; a bug is a bug
+            raise write_failed(Path(path), checkpoint, exc) from exc
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         """Read a local checkpoint memory-mapped: a resume copies the replay from the file straight into the
@@ -69,6 +78,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=where, mmap=True, weights_only=bool(weights_only))
         except RuntimeError:  # mmap needs torch.save's zip format; older files load the plain way
             return torch.load(path, map_location=where, weights_only=bool(weights_only))
+
+
+def write_failed(path: Path, checkpoint: dict[str, Any], exc: BaseException) -> WriteFailed:
+    """The one-line error of a checkpoint that could not be written: the file, the cause, the space left, what
+    to change (the replay buffer's share of each file) and how to go on.
+    """
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = ""
+    buffer = (checkpoint.get("callbacks") or {}).get("EnvStepper", {}).get("buffer")
+    nbytes = sum(t.nbytes for t in _tensors(buffer))
+    less = f"checkpoint.save_buffer=false (the replay is {nbytes / 2**20:,.1f} MiB of each file), " if nbytes else ""
+    if isinstance(exc, OSError):
+        cause = f"{exc.strerror or exc}, errno {exc.errno}"
+    else:  # torch's zip writer reports a short write as "unexpected pos": the OS refused the rest
+        cause = "the file system took only part of it: a full disk, a quota or a file size limit"
+    return WriteFailed(
+        f"could not write the checkpoint {path} ({cause}{free}); the file it was to replace is intact, and "
+        f"checkpoints already written are untouched. Free space, or write less: {less}checkpoint.keep=1 or 0, or "
+        f"a larger checkpoint.every; then resume: python train.py hydra.run.dir={path.parent.parent} ckpt_path=last"
+    )
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- RNG and env state
@@ -214,6 +255,33 @@ class DQNCheckpoint(ModelCheckpoint):
         # rows came after it, and a resume of the finished run (a requeued job, or one killed before summary.json
         # was written) needs them to write the same summary.json.
         self.write_last(trainer, force=True)
+        self.write_kept(trainer, pl_module)
+
+    @property
+    def best_path(self) -> Path:
+        """Where the network ``eval.keep_best`` kept goes."""
+        return Path(str(self.dirpath)) / BEST
+
+    def write_kept(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write ``best.ckpt``: the network ``eval.keep_best`` kept, for playing and exporting, not resuming.
+
+        It has the online (and target) weights of the kept network, the run's config and the kept network's
+        env step and score (``dqnlab["kept"]``); no optimizer, replay or RNG state, so ``ckpt_path=`` refuses it.
+        """
+        kept = next((cb.kept for cb in trainer.callbacks if getattr(cb, "kept", None)), None)  # type: ignore[attr-defined]
+        if kept is None:
+            return
+        state = pl_module.state_dict()
+        for name, value in kept["state"].items():
+            state[f"q_net.{name}"] = state[f"target_net.{name}"] = value
+        ckpt: dict[str, Any] = {"pytorch-lightning_version": pl.__version__, "global_step": trainer.global_step}
+        ckpt |= {"state_dict": state, "callbacks": {"EnvStepper": {"env_steps": int(kept["env_steps"])}}}
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if type(callback).__name__ == "ResumeState":  # the run's config, where evaluate.py looks for it
+                callback.on_save_checkpoint(trainer, pl_module, ckpt)
+        pl_module.on_save_checkpoint(ckpt)  # how the network computes (dqn_compute)
+        ckpt.setdefault("dqnlab", {})["kept"] = {k: kept[k] for k in ("env_steps", "return_mean", "last_return_mean")}
+        trainer.strategy.checkpoint_io.save_checkpoint(ckpt, self.best_path)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Put the previous signal handlers back (when this callback installed them)."""

@@ -135,6 +135,8 @@ def target_problems(raw: dict[str, Any]) -> list[str]:
         try:
             target = get_object(node["_target_"])
         except Exception as e:
+            if path.startswith("env.wrappers["):
+                continue  # dqnlab.envs.checks names it, with the close match
             problems.append(
                 f"{path}._target_={node['_target_']!r} cannot be imported ({e}): check the name, or "
                 "install the package that provides it"

@@ -146,6 +146,13 @@ def check_checkpoint(path: str, key: str | None = None) -> list[str]:
             f"{name} holds a {type(ckpt).__name__}, not a Lightning checkpoint dict: pass a .ckpt file a dqnlab "
             "run wrote"
         ]
+    kept = (ckpt.get("dqnlab") or {}).get("kept") if isinstance(ckpt.get("dqnlab"), dict) else None
+    if kept:
+        return [
+            f"{name} holds the network eval.keep_best kept (env step {kept.get('env_steps')}), for "
+            f"scripts/evaluate.py and scripts/export.py, not a training state: resume from the last.ckpt beside "
+            f"it (ckpt_path={p.with_name('last.ckpt')})"
+        ]
     missing = [k for k in LIGHTNING_CKPT_KEYS if k not in ckpt]
     if missing:
         return [
@@ -159,3 +166,37 @@ def check_checkpoint(path: str, key: str | None = None) -> list[str]:
             "a dqnlab run wrote"
         ]
     return []
+
+
+def which_network(path: Path) -> str:
+    """Which network a checkpoint file plays, in words, for ``evaluate.py`` and ``export.py`` to say.
+
+    ``best.ckpt`` holds the one ``eval.keep_best`` kept, ``last.ckpt`` the final one (the run's training state),
+    ``env_steps_N.ckpt`` the one of env step N. An agent file or an unreadable file: ``""``.
+    """
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception:
+        return ""
+    if not isinstance(ckpt, dict):
+        return ""
+    meta = ckpt.get("dqnlab") if isinstance(ckpt.get("dqnlab"), dict) else {}
+    kept = meta.get("kept")
+    steps = ((ckpt.get("callbacks") or {}).get("EnvStepper") or {}).get("env_steps")
+    if kept:
+        return (
+            f"the network eval.keep_best kept: env step {kept.get('env_steps')}, eval return "
+            f"{float(kept.get('return_mean', float('nan'))):.2f} (the final network is in last.ckpt)"
+        )
+    if steps is None:
+        return ""
+    best, also = path.with_name("best.ckpt"), ""
+    if path.name == "last.ckpt" and best.is_file():
+        with contextlib.suppress(Exception):
+            kept_steps = load_checkpoint(best)["dqnlab"]["kept"]["env_steps"]
+            also = (
+                " (the final one, which eval.keep_best kept)"
+                if kept_steps == steps
+                else f" (the final one; eval.keep_best kept that of env step {kept_steps}: {best})"
+            )
+    return f"the network of env step {steps}{also}"

@@ -12,6 +12,8 @@ import torch
 from gymnasium.vector import VectorEnv
 from pytorch_lightning.callbacks import Callback
 
+from dqnlab.data.action_masks import KEY as MASK_KEY
+from dqnlab.data.action_masks import action_masks, random_valid_actions
 from dqnlab.data.collect import EnvStepper
 
 
@@ -22,6 +24,7 @@ def play_episodes(
     epsilon: float,
     rng: np.random.Generator,
     seed: int | None = None,
+    action_mask: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play ``episodes`` whole episodes with an epsilon-greedy policy on a NEXT_STEP-autoreset vector env.
 
@@ -31,11 +34,14 @@ def play_episodes(
 
     Args:
         env: Vector env; ``info["raw_reward"]``/``info["game_over"]`` are honoured when present (Atari).
-        policy: Maps a batch of observations to greedy actions.
+        policy: Maps a batch of observations to greedy actions; for an env with action masks it is called as
+            ``policy(obs, masks)`` with the ``[N, A]`` bool valid actions, and must pick among them.
         episodes: Number of episodes to score.
-        epsilon: Probability of a uniformly random action.
+        epsilon: Probability of a uniformly random action (among the valid ones, with action masks).
         rng: Exploration RNG.
         seed: Reset seed (copy ``i`` gets ``seed + i``).
+        action_mask: Honour ``info["action_mask"]`` when the env's reset gives one (``collector.action_mask``
+            other than ``false``; :mod:`dqnlab.data.action_masks`).
 
     Returns:
         ``(returns, lengths)`` arrays of length ``episodes``.
@@ -44,17 +50,21 @@ def play_episodes(
     n = env.num_envs
     per_env = -(-episodes // n)
     num_actions = int(env.single_action_space.n)
-    obs, _ = env.reset(seed=seed)
+    obs, info = env.reset(seed=seed)
+    masks = action_masks(info, n, num_actions) if action_mask and MASK_KEY in info else None
     ret = np.zeros(n)
     length = np.zeros(n, dtype=np.int64)
     results: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     last_done = np.zeros(n, dtype=bool)
     while min(len(r) for r in results) < per_env:
-        actions = policy(obs)
+        actions = policy(obs) if masks is None else policy(obs, masks)
         if epsilon > 0:
             explore = rng.random(n) < epsilon
-            actions = np.where(explore, rng.integers(num_actions, size=n), actions)
+            randoms = rng.integers(num_actions, size=n) if masks is None else random_valid_actions(rng, masks)
+            actions = np.where(explore, randoms, actions)
         obs, rewards, terminated, truncated, info = env.step(actions)
+        if masks is not None:  # after an autoreset: the mask of the new episode's first observation
+            masks = action_masks(info, n, num_actions)
         raw = info.get("raw_reward", rewards)
         game_over = info.get("game_over", terminated | truncated)
         live = ~last_done
@@ -90,10 +100,11 @@ class Evaluator(Callback):
         periodic_episodes: Episodes per periodic evaluation (``None``: ``episodes``); the final one plays
             ``episodes``.
         keep_best: Early stopping by evaluation: remember the online network at its best periodic evaluation and,
-            if that scored higher than the final network does, end the run with it. The final evaluation then
-            plays new episodes with the kept network (``eval/return_mean``); ``eval/last_return_mean`` is the
-            final network's score and ``eval/best_return_mean``/``eval/best_env_steps`` the periodic
-            evaluation it was kept at (RL Zoo keeps such a best model through SB3's ``EvalCallback``).
+            if that scored higher than the final network does, keep it (``checkpoints/best.ckpt``; else the final
+            network is the kept one). The final evaluation then plays new episodes with the kept network
+            (``eval/return_mean``); ``eval/last_return_mean`` is the final network's score and
+            ``eval/best_return_mean``/``eval/best_env_steps`` the evaluation it was kept at (RL Zoo keeps such a
+            best model through SB3's ``EvalCallback``). Training state (``last.ckpt``) stays the final one.
 
     """
 
@@ -137,6 +148,7 @@ class Evaluator(Callback):
         if self.periodic_episodes < 1:
             raise ValueError(f"eval.periodic_episodes must be >= 1, got {periodic_episodes}")
         self.best: dict[str, Any] | None = None  # return_mean, env_steps and the online network's state_dict
+        self.kept: dict[str, Any] | None = None  # with keep_best, at the end: the network best.ckpt holds
 
     @property
     def env(self) -> VectorEnv:
@@ -149,8 +161,11 @@ class Evaluator(Callback):
         """Play ``episodes`` (default: the final evaluation's number) episodes with the online network."""
         device = pl_module.device
 
-        def policy(obs: np.ndarray) -> np.ndarray:
-            return pl_module.greedy_actions(torch.as_tensor(obs, device=device)).cpu().numpy()
+        def policy(obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+            x = torch.as_tensor(obs, device=device)
+            if masks is None:
+                return pl_module.greedy_actions(x).cpu().numpy()
+            return pl_module.greedy_actions(x, torch.as_tensor(masks, device=device)).cpu().numpy()
 
         # Each evaluation is seeded by its index, so it does not depend on how many ran before a resume.
         seed = self.seed + 1000 * self.evaluations
@@ -159,7 +174,9 @@ class Evaluator(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            returns, lengths = play_episodes(self.env, policy, episodes or self.episodes, self.epsilon, rng, seed=seed)
+            returns, lengths = play_episodes(
+                self.env, policy, episodes or self.episodes, self.epsilon, rng, seed, self.collector.masked
+            )
         finally:
             pl_module.train(was_training)
         self.evaluations += 1
@@ -189,8 +206,9 @@ class Evaluator(Callback):
         module = trainer.lightning_module
         device = module.device
 
-        def policy(obs: np.ndarray) -> np.ndarray:
-            return module.greedy_actions(torch.as_tensor(obs, device=device)).cpu().numpy()
+        def policy(obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+            mask = None if masks is None else torch.as_tensor(masks, device=device)
+            return module.greedy_actions(torch.as_tensor(obs, device=device), mask).cpu().numpy()
 
         steps = self.collector.env_steps
         path, _ = record_episode(
@@ -200,6 +218,7 @@ class Evaluator(Callback):
             epsilon=self.epsilon,
             seed=self.seed + 1000 * (self.evaluations - 1),  # the seed of the evaluation just logged
             fps=self.video_fps,
+            action_mask=self.collector.masked,
         )
         self.videos.append(path)
         log_video(trainer.loggers, "eval/video", path, steps, self.video_fps)
@@ -224,18 +243,25 @@ class Evaluator(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Final evaluation: what ``summary.json`` reports (of the kept network, with ``keep_best``)."""
         final = self.evaluate(pl_module)
-        if self.keep_best and self.best is not None:
+        if self.keep_best:
             last = final["eval/return_mean"]
-            # The kept network and its score: the final one unless a periodic evaluation beat it (so "best"
-            # is never below "last": the final evaluation is a candidate too).
-            best_return, best_env_steps = last, self.collector.env_steps
-            if self.best["return_mean"] > last:
+            # The kept network: the final one unless a periodic evaluation beat it (so "best" is never below
+            # "last": the final evaluation is a candidate too). It goes to best.ckpt (DQNCheckpoint); the online
+            # network stays the final one, so last.ckpt is the exact final training state.
+            self.kept = {"env_steps": self.collector.env_steps, "return_mean": float(last), "last_return_mean": last}
+            self.kept["state"] = {k: v.detach().clone() for k, v in pl_module.q_net.state_dict().items()}
+            if self.best is not None and self.best["return_mean"] > last:
+                final_state = self.kept["state"]
                 pl_module.q_net.load_state_dict(self.best["state"])
-                final = self.evaluate(pl_module)  # new episodes: the next evaluation's seed
-                best_return, best_env_steps = self.best["return_mean"], self.best["env_steps"]
+                try:
+                    final = self.evaluate(pl_module)  # new episodes: the next evaluation's seed
+                finally:
+                    pl_module.q_net.load_state_dict(final_state)
+                self.kept.update(env_steps=self.best["env_steps"], return_mean=float(self.best["return_mean"]))
+                self.kept["state"] = self.best["state"]
             final["eval/last_return_mean"] = last
-            final["eval/best_return_mean"] = float(best_return)
-            final["eval/best_env_steps"] = float(best_env_steps)
+            final["eval/best_return_mean"] = self.kept["return_mean"]
+            final["eval/best_env_steps"] = float(self.kept["env_steps"])
         self.final = final
         self._log(trainer, self.final)
 

@@ -33,7 +33,9 @@ def _env_name(cfg: DictConfig) -> str:
 
 def _algo_name(cfg: DictConfig) -> str:
     algo = cfg.algo
-    parts = ["C51" if "num_atoms" in algo else "DQN"]
+    target_class = str(algo.get("_target_", "")).rsplit(".", 1)[-1]
+    own = target_class not in ("", "DQNModule")  # a subclass of your own: its name, not DQN's
+    parts = [target_class if own else "C51" if "num_atoms" in algo else "DQN"]
     parts += [s for s, on in (("double", algo.get("double")), ("dueling", cfg.network.get("dueling"))) if on]
     parts += ["noisy"] if cfg.network.get("noisy") else []
     parts += [f"{algo.n_step}-step"] if int(algo.get("n_step", 1)) > 1 else []
@@ -61,9 +63,14 @@ def _protocol_kept(cfg: DictConfig) -> str | None:
     return None
 
 
+# summary.json's keys that differ between a resumed run and the same run never stopped: the timings, and how many
+# segments (processes) the run took with the last one's share.
+TIMING_KEYS = frozenset({"wall_time_s", "env_steps_per_s", "segments", "segment_env_steps", "segment_wall_time_s"})
+
+
 def describe_update(cfg: DictConfig, module: Any) -> list[str]:
     """Lines after the header: how the update computes (gradients, a conv net's precision and layout,
-    augmentation), and a benchmark protocol the run departs from.
+    augmentation, action masks), and a benchmark protocol the run departs from.
     """
     if module.gradients == "hand-written":
         grads = (
@@ -77,7 +84,13 @@ def describe_update(cfg: DictConfig, module: Any) -> list[str]:
     augment = f"; augmentation {module.augment!r}" if module.augment is not None else ""
     one_pass = getattr(module, "target_is_online", False) and module.gradients != "hand-written"
     shared = "; one pass over s' (the target is the online net, copied every step)" if one_pass else ""
-    lines = [f"update: {grads}{compute}{augment}{shared}"]
+    masks = (
+        "; action masks from the env's info: explore, act and bootstrap among the valid actions only "
+        "(collector.action_mask=false: off)"
+        if getattr(module, "action_masked", False)
+        else ""
+    )
+    lines = [f"update: {grads}{compute}{augment}{shared}{masks}"]
     if cfg.get("protocol"):
         departs = _protocol_kept(cfg)
         lines.append(
@@ -87,10 +100,14 @@ def describe_update(cfg: DictConfig, module: Any) -> list[str]:
 
 
 def update_summary(cfg: DictConfig, module: Any) -> dict[str, Any]:
-    """``summary.json``'s keys for the same: the gradients, a conv net's compute, the protocol and if it was kept."""
+    """``summary.json``'s keys for the same: the gradients, a conv net's compute, action masks (only when used), the
+    protocol and if it was kept.
+    """
     out: dict[str, Any] = {"update_gradients": module.gradients}
     if hasattr(module.q_net, "set_compute"):
         out["update_compute"] = module.compute.name
+    if getattr(module, "action_masked", False):
+        out["action_mask"] = True
     if cfg.get("protocol"):
         out["protocol"] = str(cfg.protocol)
         out["protocol_kept"] = _protocol_kept(cfg) is None
@@ -119,11 +136,18 @@ def _cmd(*args: str) -> str:
 
 
 def format_summary(
-    summary: dict[str, Any], out_dir: Path, last_ckpt: Path | None, play_args: tuple[str, ...] = ()
+    summary: dict[str, Any],
+    out_dir: Path,
+    last_ckpt: Path | None,
+    play_args: tuple[str, ...] = (),
+    play_ckpt: Path | None = None,
+    can_film: bool = True,
 ) -> str:
     """The end of a run, for people: the score, the budget, the time, the run dir and what to do next.
 
-    ``play_args`` go to the printed ``evaluate.py`` command (``env.id=<module>:<Id>`` for an env of your own).
+    ``play_args`` go to the printed ``evaluate.py`` command (``env.id=<module>:<Id>`` for an env of your own),
+    which plays ``play_ckpt`` (``best.ckpt`` with ``eval.keep_best``; default ``last_ckpt``) and films an episode
+    when the env ``can_film``.
     """
     lines = []
     if "eval/return_mean" in summary:
@@ -135,18 +159,25 @@ def format_summary(
             f"        the network kept is the one of env step {int(summary['eval/best_env_steps']):,} (eval.keep_best;"
             f" the last one scored {summary['eval/last_return_mean']:.2f})"
         )
-    lines.append(
+    trained = (
         f"trained: {int(summary['env_steps']):,} env steps, {int(summary['gradient_steps']):,} updates, "
-        f"{int(summary['episodes']):,} episodes in {summary['wall_time_s']:.1f} s "
-        f"({summary['env_steps_per_s']:,.0f} env steps/s)"
+        f"{int(summary['episodes']):,} episodes in {summary['wall_time_s']:.1f} s"
     )
+    if int(summary.get("segments", 1)) > 1:  # resumed: the run's totals, then this segment's own
+        trained += (
+            f" over {int(summary['segments'])} segments (this one: {int(summary['segment_env_steps']):,} env steps"
+            f" in {summary['segment_wall_time_s']:.1f} s, {summary['env_steps_per_s']:,.0f} env steps/s)"
+        )
+    else:
+        trained += f" ({summary['env_steps_per_s']:,.0f} env steps/s)"
+    lines.append(trained)
     lines.append(f"run dir: {out_dir}  (summary.json, metrics.csv, train.log, .hydra/)")
     if last_ckpt is not None and last_ckpt.is_file():
-        ckpt = str(last_ckpt)
+        ckpt, film = str(last_ckpt), ["video=true"] if can_film else []
         lines += [
             "next:    "
-            + _cmd("scripts/evaluate.py", ckpt, "episodes=20", "video=true", *play_args)
-            + "   # play it, film it",
+            + _cmd("scripts/evaluate.py", str(play_ckpt or ckpt), "episodes=20", *film, *play_args)
+            + f"   # play {'the kept network' if play_ckpt else 'it'}{', film it' if film else ''}",
             "         "
             + _cmd("train.py", f"ckpt_path={ckpt}", f"env_steps={2 * int(summary['env_steps'])}")
             + "   # train it further (the run's own config comes back)",

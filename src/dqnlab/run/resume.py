@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,6 +115,11 @@ class ResumeState(Callback):
         self._env_restored = False
         self._has_buffer = True
         self._warned_env = False
+        # The run's wall time across segments: earlier segments' time up to the checkpoint resumed from, plus this
+        # process's since it started building the run (the segments before a resume count only up to their save).
+        self.started = time.perf_counter()
+        self.earlier_wall_s = 0.0
+        self.earlier_segments = 0
 
     def state_dict(self) -> dict[str, Any]:
         """RNG states and the env state (``None`` when the env cannot be saved)."""
@@ -133,7 +139,14 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Store the resolved config where ``scripts/evaluate.py`` finds it."""
-        checkpoint["dqnlab"] = {"config": self.config, "format": 1}
+        checkpoint["dqnlab"] = {"config": self.config, "format": 1, **self.totals()}
+
+    def totals(self) -> dict[str, float | int]:
+        """The run's wall time until now across its segments (this process is one), and how many there are."""
+        return {
+            "wall_time_s": self.earlier_wall_s + time.perf_counter() - self.started,
+            "segments": self.earlier_segments + 1,
+        }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Note the resume and whether the checkpoint holds the replay buffer (``checkpoint.save_buffer``).
@@ -143,6 +156,10 @@ class ResumeState(Callback):
         """
         self._restored = True
         self._has_buffer = "buffer" in checkpoint.get("callbacks", {}).get(self.collector.state_key, {})
+        meta = checkpoint.get("dqnlab") or {}
+        # Checkpoints older than this count: their segments' time is unknown (0 s, one segment).
+        self.earlier_wall_s = float(meta.get("wall_time_s", 0.0))
+        self.earlier_segments = int(meta.get("segments", 1))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a resume whose env or buffer was not saved, start new episodes (and refill the buffer)."""
@@ -152,8 +169,8 @@ class ResumeState(Callback):
         if not self._has_buffer:
             log.warning(
                 "resuming from a checkpoint without the replay buffer (checkpoint.save_buffer=false): the envs "
-                "restart and %d env steps of the current policy refill the buffer before training goes on; "
-                "the resumed run is not identical to an uninterrupted one",
+                "restart and %d env steps of the current policy refill the buffer before training goes on (extra "
+                "env steps, not counted in env_steps); the resumed run is not identical to an uninterrupted one",
                 c.learning_starts,
             )
         elif not self._env_restored:
@@ -164,8 +181,11 @@ class ResumeState(Callback):
         if not (self._env_restored and self._has_buffer):
             c.restart_episodes(seed=c.seed + c.env_steps)  # a new seed: the first episodes are not replayed
         if not self._has_buffer:
-            # Counted as env steps: the budget stays env_steps, the collector is ahead until updates catch up.
-            c.prefill(pl_module, c.env_steps + c.learning_starts, random=False)
+            # Extra env steps, not counted: the budget, the update schedule and the exploration schedule go on
+            # from the checkpoint's env step (summary.json's refill_env_steps says how many there were).
+            start = c.env_steps
+            c.prefill(pl_module, start + c.learning_starts, random=False)
+            c.refill_env_steps, c.env_steps = c.env_steps - start, start
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         """At the first step after a resume, restore the global RNG states (after the dataloader drew a seed)."""

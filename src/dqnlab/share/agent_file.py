@@ -21,7 +21,8 @@ anything is built. ``scripts/export.py`` writes agent files; ``scripts/evaluate.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ ENV_TARGETS = frozenset(
 NETWORK_TARGETS = frozenset(
     {"dqnlab.learn.networks.MLP", "dqnlab.learn.networks.NatureCNN", "dqnlab.learn.networks.MinAtarCNN"}
 )
+_DOTTED = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+")  # module.Class: nothing else names a network of yours
+_WRAPPER_ENTRY = re.compile(r"env\.wrappers\[\d+\]")  # one entry of env.wrappers (dqnlab.envs.wrappers)
 _ALGO_KEYS = ("num_atoms", "v_min", "v_max")  # what the policy needs to read a distributional output
 _MAX_HEADER = 100 * 2**20  # bytes; safetensors' own limit too
 
@@ -62,27 +65,51 @@ def _targets(node: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _targets(v, f"{path}[{i}]")
 
 
-def check_targets(cfg: Mapping[str, Any], source: str) -> None:
-    """Refuse a config whose ``env`` or ``network`` node would instantiate anything but dqnlab's own factories.
+def network_module(cfg: Mapping[str, Any]) -> str | None:
+    """The module of a network of your own (``network._target_=my_networks.MyNet``: ``my_networks``); None for
+    dqnlab's networks.
+    """
+    node = cfg.get("network")
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    if not isinstance(target, str) or target in NETWORK_TARGETS or not _DOTTED.fullmatch(target):
+        return None
+    return target.rpartition(".")[0]
+
+
+def check_targets(cfg: Mapping[str, Any], source: str, allow_modules: Collection[str] = ()) -> None:
+    """Refuse a config whose ``env`` or ``network`` node would instantiate anything but dqnlab's own factories
+    (or a network of your own whose module the command line allows: ``allow_module=``).
 
     Args:
         cfg: The config as plain containers (interpolations unresolved: an interpolated ``_target_`` is refused).
         source: How the message names the file.
+        allow_modules: Modules the command line allows to be imported.
 
     Raises:
         AgentFileError: Naming the offending key and target.
 
     """
+    own = network_module(cfg)
     for group, allowed in (("env", ENV_TARGETS), ("network", NETWORK_TARGETS)):
         node = cfg.get(group)
-        if not isinstance(node, Mapping) or node.get("_target_") not in allowed:
-            target = node.get("_target_") if isinstance(node, Mapping) else None
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        if group == "network" and own is not None and own in allow_modules:
+            allowed = allowed | {target}  # a network of your own, which the command line allowed
+        if not isinstance(node, Mapping) or target not in allowed:
+            how = (
+                f"; a network of your own plays when you allow its module: add allow_module={own} (with {own!r} "
+                "importable, e.g. on PYTHONPATH)"
+                if group == "network" and own is not None
+                else ": only files from dqnlab runs play"
+            )
             raise AgentFileError(
                 f"{source}: {group}._target_={target!r} is not one of dqnlab's {group} factories "
-                f"({', '.join(sorted(allowed))}); refused without running anything: only files from dqnlab runs play"
+                f"({', '.join(sorted(allowed))}); refused without running anything{how}"
             )
         for path, target in _targets(node, group):
-            if path != group:  # instantiate() would build nested nodes too
+            # instantiate() would build nested nodes too. env.wrappers' entries are the env factory's to build, and
+            # playback lets only gymnasium's and dqnlab's wrappers through unless the command line allows the module.
+            if path != group and not _WRAPPER_ENTRY.fullmatch(path):
                 raise AgentFileError(
                     f"{source}: {path}._target_={target!r} is not allowed (only {group}._target_ itself, one of "
                     f"dqnlab's factories, is); refused without running anything"
@@ -116,7 +143,8 @@ def write_agent_file(
     from safetensors.torch import save
 
     config = agent_config(cfg)
-    check_targets(config, str(path))
+    own = network_module(config)  # writing imports nothing: a network of your own is checked when played
+    check_targets(config, str(path), (own,) if own else ())
     metadata = {
         "format": FORMAT,
         "dqnlab_version": __version__,
@@ -137,7 +165,9 @@ def looks_like_agent_file(path: str | Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _MAX_HEADER
 
 
-def read_agent_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
+def read_agent_file(
+    path: str | Path, allow_modules: Collection[str] = ()
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
     """Read an agent file without running anything from it: ``(config, weights, env_steps)``.
 
     Raises:
@@ -171,5 +201,5 @@ def read_agent_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     if not isinstance(config, dict):
         raise AgentFileError(f"{name}: its config is a {type(config).__name__}, not a mapping")
     config = upgrade_targets(config)  # files written before the package had folders name the old paths
-    check_targets(config, name)
+    check_targets(config, name, allow_modules)
     return config, weights, env_steps

@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dqnlab.envs.vector import env_module
+from dqnlab.envs.wrappers import file_wrapper_problem
 from dqnlab.learn.networks import build_network
-from dqnlab.learn.rl_math import expected_q
+from dqnlab.learn.rl_math import expected_q, masked_argmax
 from dqnlab.legacy import upgrade_targets
 from dqnlab.run.ckpt_file import load_checkpoint, unsafe_checkpoint_message, unsafe_checkpoint_reason
 from dqnlab.run.evaluation import play_episodes
@@ -46,12 +47,21 @@ class Agent:
     env_steps: int
     support: torch.Tensor | None = None
 
-    def policy(self, obs: np.ndarray) -> np.ndarray:
-        """Greedy actions for a batch of observations."""
+    def policy(self, obs: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Greedy actions for a batch of observations, among the valid actions of ``masks`` (``[B, A]`` bool, the
+        env's action masks) when given.
+        """
         with torch.no_grad():
             out = self.network(torch.as_tensor(obs, device=self.device))
             q = out if self.support is None else expected_q(out, self.support)
-            return q.argmax(dim=1).cpu().numpy()
+            best = q.argmax(dim=1) if masks is None else masked_argmax(q, torch.as_tensor(masks, device=self.device))
+            return best.cpu().numpy()
+
+    @property
+    def action_mask(self) -> bool:
+        """Whether the agent honours an env's action masks: unless its run set ``collector.action_mask=false``."""
+        collector = self.cfg.get("collector") or {}
+        return collector.get("action_mask", "auto") is not False
 
 
 def checkpoint_config(ckpt: dict[str, Any], path: Path) -> DictConfig:
@@ -119,7 +129,31 @@ def _allow_env_module(cfg: DictConfig, path: Path, env_id: str | None) -> None:
         )
 
 
-def load_agent(path: str | Path, device: str = "cpu", env_id: str | None = None) -> Agent:
+def _allow_wrappers(cfg: DictConfig, path: Path, allow_modules: tuple[str, ...]) -> None:
+    """The file's ``env.wrappers`` are built only when they are gymnasium's or dqnlab's wrapper classes, or their
+    module is allowed (``allow_module=`` or the module of the ``env.id=`` the command line named).
+
+    Raises:
+        AgentFileError: Naming the entry, its module and how to allow it; nothing of it was imported.
+
+    """
+    wrappers = cfg.env.get("wrappers") if "env" in cfg else None
+    if not wrappers:
+        return
+    own = env_module(str(cfg.env.get("id", "")))  # _allow_env_module let it through only when the command named it
+    problem = file_wrapper_problem(wrappers, {*allow_modules, *([own] if own else [])}, str(path))
+    if problem:
+        raise AgentFileError(problem)
+
+
+def env_factory(cfg: DictConfig) -> Any:
+    """The file's env factory; ``env.wrappers`` are left to it (built on each copy), whatever the file says."""
+    return instantiate(cfg.env, _recursive_=False)
+
+
+def load_agent(
+    path: str | Path, device: str = "cpu", env_id: str | None = None, allow_modules: tuple[str, ...] = ()
+) -> Agent:
     """Rebuild the online Q-network of a checkpoint or an agent file, with the env config it was trained on.
 
     Nothing from the file runs: checkpoints load with ``weights_only=True``, agent files are safetensors, and
@@ -130,6 +164,9 @@ def load_agent(path: str | Path, device: str = "cpu", env_id: str | None = None)
         device: Where the network runs (``cpu``, ``cuda``).
         env_id: The command line's ``env.id``: needed, and equal to the file's, for an env of your own
             (``module:EnvId``), whose module is imported only then.
+        allow_modules: Modules whose wrappers the file's ``env.wrappers`` or whose network ``network._target_``
+            may name (``allow_module=``); the module of an allowed ``env.id`` counts too for wrappers.
+            gymnasium's and dqnlab's wrapper classes and networks need none.
 
     Raises:
         AgentFileError: The file cannot be played safely; the message says why.
@@ -137,13 +174,14 @@ def load_agent(path: str | Path, device: str = "cpu", env_id: str | None = None)
     """
     path = Path(path)
     if looks_like_agent_file(path):
-        config, weights, env_steps = read_agent_file(path)
+        config, weights, env_steps = read_agent_file(path, allow_modules)
         cfg = OmegaConf.create(config)
     else:
         cfg, weights, env_steps = read_checkpoint(path)
-        check_targets(OmegaConf.to_container(cfg, resolve=False), str(path))
+        check_targets(OmegaConf.to_container(cfg, resolve=False), str(path), allow_modules)
     _allow_env_module(cfg, path, env_id)
-    probe = instantiate(cfg.env)(num_envs=1, for_eval=True)
+    _allow_wrappers(cfg, path, tuple(allow_modules))
+    probe = env_factory(cfg)(num_envs=1, for_eval=True)
     try:
         obs_shape = probe.single_observation_space.shape
         num_actions = int(probe.single_action_space.n)
@@ -198,17 +236,21 @@ def evaluate_agent(
     eps = float(cfg.eval.get("epsilon", 0.0) if epsilon is None else epsilon)
     seed = int(cfg.get("seed", 0)) + 2_000_000 if seed is None else int(seed)
     n = int(num_envs or min(episodes, 32))
-    env = instantiate(cfg.env)(num_envs=n, for_eval=True)
+    render_env = None
+    if video:  # first: an env that cannot be filmed is refused before any episode is played
+        from dqnlab.envs.video import make_render_env
+
+        render_env = make_render_env(cfg.env, key="video")
+    env = env_factory(cfg)(num_envs=n, for_eval=True)
     try:
         returns, lengths = play_episodes(env, agent.policy, episodes, eps, np.random.default_rng(seed), seed=seed)
     finally:
         env.close()
     videos: list[str] = []
-    if video:
-        from dqnlab.envs.video import make_render_env, record_episode
+    if render_env is not None:
+        from dqnlab.envs.video import record_episode
 
         out = Path(video_dir or "videos")
-        render_env = make_render_env(cfg.env)
         try:
             for i in range(video_episodes):
                 path = out / f"env_steps_{agent.env_steps}_episode_{i}.mp4"

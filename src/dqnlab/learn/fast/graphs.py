@@ -70,6 +70,11 @@ def graphs_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
 
 
+def _tensors(batch: Batch) -> list[Tensor]:
+    """The tensors of a batch (``next_mask`` is ``None`` for an env without action masks)."""
+    return [t for t in batch if t is not None]
+
+
 class GraphedSampler:
     """Uniform minibatches from a replay buffer, drawn by a replayed CUDA graph after ``warmup`` eager draws.
 
@@ -172,7 +177,7 @@ class GraphedUpdate:
             static = self.static_batch
             # The DataLoader hands the graphed sampler's tensors over in a new tuple: compare the tensors.
             if any(a is not b for a, b in zip(static, batch, strict=True)):  # type: ignore[arg-type]
-                torch._foreach_copy_(list(static), list(batch))  # type: ignore[arg-type]
+                torch._foreach_copy_(_tensors(static), _tensors(batch))  # type: ignore[arg-type]
             self.graph.replay()
             return self.static_out
         if not self.capture:
@@ -195,7 +200,7 @@ class GraphedUpdate:
         try:
             # The recorded batch: the graphed sampler's static tensors (no copy per step), or the first batch of
             # a sampler that makes new tensors each step, which later batches are copied into.
-            if not all(t.device.type == "cuda" for t in batch):
+            if not all(t.device.type == "cuda" for t in _tensors(batch)):
                 raise RuntimeError("a CUDA-graph update needs its batch on the GPU: set buffer.device=auto or cuda")
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):

@@ -164,6 +164,7 @@ def mlp_td_grads(
     weights: Tensor | None,
     loss: str,
     double: bool,
+    next_mask: Tensor | None = None,
 ) -> MLPTDGrads:
     """The loss of :meth:`~dqnlab.learn.module.DQNModule.td_loss` and its parameter gradients, without autograd.
 
@@ -180,6 +181,9 @@ def mlp_td_grads(
             (uniform replay; the same numbers with three fewer ops).
         loss: ``mse`` or ``huber`` (smooth L1 with delta 1).
         double: Double DQN target (the online network picks the next action).
+        next_mask: ``[B, A]`` bool, the actions valid in ``next_obs`` (an env's action masks), or ``None`` (all):
+            the target's max (or Double DQN's argmax) runs over them, as ``td_target`` does. The gradient needs
+            nothing more: it flows only through ``Q(s, a)`` of the actions taken.
 
     """
     b = obs.shape[0]
@@ -189,7 +193,8 @@ def mlp_td_grads(
     taken = actions.unsqueeze(1)
     q_taken = q.gather(1, taken).squeeze(1)
     next_target = _forward(target, next_obs.float())[0]
-    y = td_target(rewards, terminated, next_target, discounts, q_all[b:] if double else None)  # the one definition
+    # The one definition of the target, action masks included.
+    y = td_target(rewards, terminated, next_target, discounts, q_all[b:] if double else None, next_mask)
     td = q_taken - y
     scale = 1.0 / b if weights is None else weights / b  # d mean(w * l) / d l
     if loss == "mse":
