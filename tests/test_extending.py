@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 
 from dqnlab.learn.module import EXTENSION_POINTS, DQNModule
 from dqnlab.learn.networks import MLP
-from tests.conftest import PYTHON, ROOT
+from dqnlab.train import run
+from tests.conftest import PYTHON, ROOT, compose_cfg
 from tests.custom_algos import ZeroLossDQN
 
 
@@ -34,17 +36,18 @@ def test_the_hand_written_update_steps_aside_for_a_subclass_or_the_knob() -> Non
 
 
 @pytest.mark.slow
-def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path) -> None:
-    def run(name: str, *overrides: str) -> tuple[dict, str]:
-        cmd = [PYTHON, "train.py", "env_steps=20000", "progress_bar=false", f"hydra.run.dir={tmp_path / name}"]
-        proc = subprocess.run([*cmd, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads((tmp_path / name / "summary.json").read_text()), (tmp_path / name / "train.log").read_text()
+def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="dqnlab.train")
 
-    zero, log = run("zero", "algo._target_=tests.custom_algos.ZeroLossDQN")
+    def train(name: str, *overrides: str) -> tuple[dict, str]:
+        caplog.clear()
+        summary = run(compose_cfg(["env_steps=20000", "progress_bar=false", *overrides], tmp_path / name))
+        return summary, caplog.text
+
+    zero, log = train("zero", "algo._target_=tests.custom_algos.ZeroLossDQN")
     assert "update: autograd: ZeroLossDQN redefines td_loss" in log
     assert zero["update_gradients"] == "autograd" and zero["eval/return_mean"] < 30
-    stock, log = run("stock")  # the control: the same budget learns with the stock loss
+    stock, log = train("stock")  # the control: the same budget learns with the stock loss
     assert "update: hand-written gradients" in log
     assert stock["update_gradients"] == "hand-written" and stock["eval/return_mean"] > 100
 
@@ -67,11 +70,10 @@ def test_your_own_env_module_trains_plays_and_exports(tmp_path: Path) -> None:
     assert words[-1] == "env.id=corridor:Corridor-v0"  # the printed command names the module to import
     played = run(*words[1:])  # as printed
     assert played.returncode == 0 and json.loads(played.stdout.splitlines()[-1])["episodes"] == 20, played.stderr
-    exported = run("scripts/export.py", str(tmp_path / "run"))
-    agent = json.loads(exported.stdout.splitlines()[-1])["agent_file"]
     # Without the override the file's module is not imported: one line says which module and how to allow it.
-    refused = run("scripts/evaluate.py", agent, "episodes=1")
+    # (Exporting and playing the agent file with it: docs/extending.md's "Your own env", run by
+    # tests/test_extending_docs.py.)
+    refused = run("scripts/evaluate.py", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), "episodes=1")
     errors = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
     assert refused.returncode == 2 and len(errors) == 1 and "names module 'corridor'" in errors[0]
     assert "add env.id=corridor:Corridor-v0" in errors[0]
-    assert run("scripts/evaluate.py", agent, "episodes=1", "env.id=corridor:Corridor-v0").returncode == 0

@@ -7,9 +7,9 @@ in a shell, in a temporary copy of the repository (``train.py`` and ``scripts/``
 each command reads what the one before it wrote. A command fails the test if it exits non-zero or prints a
 traceback. The only changes, visible in :func:`shortened`:
 
-- ``env_steps=N`` becomes ``env_steps=N // 8`` (a resume's doubled budget stays doubled);
+- ``env_steps=N`` becomes ``env_steps=N // 16`` (a resume's doubled budget stays doubled);
 - ``train.py`` gets ``eval.episodes=2 progress_bar=false``, and a fresh run (no ``ckpt_path=``) also
-  ``collector.learning_starts=200``, so its eighth of the budget still learns for 1,050 env steps;
+  ``collector.learning_starts=200``, so its sixteenth of the budget still learns for 425 env steps;
 - ``scripts/evaluate.py`` plays ``episodes=2``.
 
 Besides the exit status, the page's claims are checked: each ``update:`` line it quotes in a ``text`` block is
@@ -47,10 +47,8 @@ from tests.test_readme import MARKER, Command, extract_commands
 ROOT = Path(__file__).resolve().parents[1]
 DOC = "docs/extending.md"
 EXAMPLES = ROOT / "examples"
-# env_steps=N in the page runs N // 8 env steps here. A resume's doubled budget (2 x 1,250) must stay above 2,000:
-# its command line is checked with the default env's (CartPole's) learning_starts=2,000 before the run's own
-# config comes back from the checkpoint.
-BUDGET_DIVISOR = 8
+# env_steps=N in the page runs N // 16 env steps here (10,000: 625, 200 of them the random prefill).
+BUDGET_DIVISOR = 16
 TIMEOUT_S = 300
 
 

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
+import logging
 from pathlib import Path
 
+import pytest
 import torch
 
+from dqnlab.errors import ConfigError
 from dqnlab.train import build, run
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import ROOT, compose_cfg
 
 
 def _set_policy(module, balance: bool) -> None:
@@ -74,17 +77,21 @@ def test_keep_best_reports_its_keys_in_the_summary(make_cfg):
         assert summary["eval/return_mean"] == summary["eval/last_return_mean"] == summary["eval/best_return_mean"]
 
 
-def _py(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_the_kept_network_lives_in_best_ckpt_and_last_ckpt_is_the_final_state(tmp_path: Path) -> None:
+def test_the_kept_network_lives_in_best_ckpt_and_last_ckpt_is_the_final_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dqnlab.train")
     run_dir = tmp_path / "run"
     # CartPole seed 0 on the default config keeps the network of env step 4,000 (its evaluation beats the final).
-    proc = _py("train.py", "env_steps=6000", "checkpoint.every=2000", "eval.keep_best=true", "eval.every=2000",
-               f"hydra.run.dir={run_dir}")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run(compose_cfg(["env_steps=6000", "checkpoint.every=2000", "eval.keep_best=true", "eval.every=2000"],
+                              run_dir))  # fmt: skip
     assert summary["eval/best_env_steps"] == 4000 and summary["env_steps"] == 6000
     ckpts = run_dir / "checkpoints"
     load = lambda name: torch.load(ckpts / name, map_location="cpu", weights_only=False)  # noqa: E731
@@ -95,19 +102,22 @@ def test_the_kept_network_lives_in_best_ckpt_and_last_ckpt_is_the_final_state(tm
     assert last["callbacks"]["EnvStepper"]["env_steps"] == 6000 and "optimizer_states" in last
     assert best["dqnlab"]["kept"]["env_steps"] == 4000 and "optimizer_states" not in best
     # The printed commands play the kept network and train the final state further.
-    out = proc.stdout + proc.stderr
-    assert f"scripts/evaluate.py {ckpts / 'best.ckpt'} episodes=20" in out
-    assert f"train.py ckpt_path={ckpts / 'last.ckpt'} env_steps=12000" in out
+    assert f"scripts/evaluate.py {ckpts / 'best.ckpt'} episodes=20" in caplog.text
+    assert f"train.py ckpt_path={ckpts / 'last.ckpt'} env_steps=12000" in caplog.text
     # evaluate.py and export.py say which network they play.
-    played = json.loads(_py("scripts/evaluate.py", str(ckpts / "best.ckpt"), "episodes=2").stdout)
+    capsys.readouterr()
+
+    def json_line(script: str, *args: str) -> dict:
+        assert _script(script).main(list(args)) == 0
+        return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    played = json_line("evaluate", str(ckpts / "best.ckpt"), "episodes=2")
     assert played["network"].startswith("the network eval.keep_best kept: env step 4000")
-    played = json.loads(_py("scripts/evaluate.py", str(ckpts / "last.ckpt"), "episodes=2").stdout)
+    played = json_line("evaluate", str(ckpts / "last.ckpt"), "episodes=2")
     assert "the final one; eval.keep_best kept that of env step 4000" in played["network"]
-    exported = json.loads(_py("scripts/export.py", str(run_dir)).stdout)
-    assert exported["checkpoint"] == str(ckpts / "best.ckpt") and exported["agent_file"] == str(
-        run_dir / "agent.safetensors"
-    )
-    # best.ckpt is for playing: resuming from it is one error line naming last.ckpt.
-    refused = _py("train.py", f"ckpt_path={ckpts / 'best.ckpt'}", f"hydra.run.dir={run_dir}")
-    assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and "Traceback" not in refused.stderr
-    assert f"resume from the last.ckpt beside it (ckpt_path={ckpts / 'last.ckpt'})" in refused.stderr
+    exported = json_line("export", str(run_dir))
+    assert exported["checkpoint"] == str(ckpts / "best.ckpt")
+    assert exported["agent_file"] == str(run_dir / "agent.safetensors")
+    # best.ckpt is for playing: resuming from it is refused, naming last.ckpt.
+    with pytest.raises(ConfigError, match=r"resume from the last.ckpt beside it \(ckpt_path=.*last.ckpt\)"):
+        run(compose_cfg([f"ckpt_path={ckpts / 'best.ckpt'}"], tmp_path / "again"))
