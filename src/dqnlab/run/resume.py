@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from gymnasium.utils import EzPickle
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 from pytorch_lightning.callbacks import Callback
 
@@ -73,6 +74,10 @@ def save_env_state(env: VectorEnv) -> tuple[bytes | None, str]:
         if isinstance(inner, AsyncVectorEnv):
             return None, "the envs run in other processes (env.vectorization=async)"
         return None, f"{type(env).__name__} is not a gymnasium SyncVectorEnv, whose state alone can be saved"
+    # gymnasium's EzPickle envs (LunarLander, the Box2D and MuJoCo envs) pickle their constructor's arguments, not
+    # their state: unpickled, they are new envs that were never reset (LunarLander's step then fails).
+    if any(isinstance(getattr(sub, "unwrapped", sub), EzPickle) for sub in env.envs):
+        return None, "its envs pickle their constructor's arguments, not their state (gymnasium's EzPickle)"
     try:
         fields = {name: getattr(env, name) for name in _SYNC_VECTOR_FIELDS if hasattr(env, name)}
         return pickle.dumps({"envs": env.envs, "fields": fields}), ""
