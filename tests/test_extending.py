@@ -37,19 +37,12 @@ def test_the_hand_written_update_steps_aside_for_a_subclass_or_the_knob() -> Non
 
 @pytest.mark.slow
 def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The default run with a subclass whose TD loss is zero: nothing is learned. The control, the same command
+    without the subclass, solves CartPole: tests/test_training.py::test_default_config_learns_cartpole."""
     caplog.set_level(logging.INFO, logger="dqnlab.train")
-
-    def train(name: str, *overrides: str) -> tuple[dict, str]:
-        caplog.clear()
-        summary = run(compose_cfg(["env_steps=20000", "progress_bar=false", *overrides], tmp_path / name))
-        return summary, caplog.text
-
-    zero, log = train("zero", "algo._target_=tests.custom_algos.ZeroLossDQN")
-    assert "update: autograd: ZeroLossDQN redefines td_loss" in log
+    zero = run(compose_cfg(["progress_bar=false", "algo._target_=tests.custom_algos.ZeroLossDQN"], tmp_path / "zero"))
+    assert "update: autograd: ZeroLossDQN redefines td_loss" in caplog.text
     assert zero["update_gradients"] == "autograd" and zero["eval/return_mean"] < 30
-    stock, log = train("stock")  # the control: the same budget learns with the stock loss
-    assert "update: hand-written gradients" in log
-    assert stock["update_gradients"] == "hand-written" and stock["eval/return_mean"] > 100
 
 
 @pytest.mark.slow
