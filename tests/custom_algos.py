@@ -1,7 +1,12 @@
-"""Subclasses of DQNModule that change the algorithm, as a researcher would write them (used as algo._target_)."""
+"""Subclasses that change the algorithm, as a researcher would write them: of DQNModule (``algo._target_``) and of
+EnvStepper, the exploration policy (``collector._target_``)."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytorch_lightning as pl
+
+from dqnlab.data.collect import EnvStepper
 from dqnlab.data.dataset import Batch
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.rl_math import TDLoss
@@ -14,3 +19,11 @@ class ZeroLossDQN(DQNModule):
         """The stock loss, scaled to 0 (its gradients are all zero)."""
         out = super().td_loss(batch)
         return out._replace(loss=out.loss * 0.0)
+
+
+class AlwaysRightStepper(EnvStepper):
+    """Exploration that always pushes right (action 1): a stand-in for an exploration policy of your own."""
+
+    def act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
+        """Action 1 for every env, whatever epsilon and the network say."""
+        return np.ones(self.num_envs, dtype=np.int64)

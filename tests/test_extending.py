@@ -14,7 +14,7 @@ import torch
 
 from dqnlab.learn.module import EXTENSION_POINTS, DQNModule
 from dqnlab.learn.networks import MLP
-from dqnlab.train import run
+from dqnlab.train import build, run
 from tests.conftest import PYTHON, ROOT, compose_cfg
 from tests.custom_algos import ZeroLossDQN
 
@@ -43,6 +43,21 @@ def test_a_zero_loss_subclass_does_not_learn_cartpole(tmp_path: Path, caplog: py
     zero = run(compose_cfg(["progress_bar=false", "algo._target_=tests.custom_algos.ZeroLossDQN"], tmp_path / "zero"))
     assert "update: autograd: ZeroLossDQN redefines td_loss" in caplog.text
     assert zero["update_gradients"] == "autograd" and zero["eval/return_mean"] < 30
+
+
+@pytest.mark.parametrize("async_envs", [False, True])
+def test_an_exploration_policy_of_your_own_collects_on_every_path(make_cfg, async_envs: bool) -> None:
+    """``collector._target_`` with a redefined ``act``: the prefill and the training steps, synchronous or
+    overlapped, all take its actions (CartPole: pushing right only)."""
+    cfg = make_cfg("debug=smoke", "collector._target_=tests.custom_algos.AlwaysRightStepper",
+                   f"collector.async_envs={str(async_envs).lower()}", "logger=[]", "~checkpoint")  # fmt: skip
+    parts = build(cfg)
+    try:
+        parts.trainer.fit(parts.module)
+        filled = len(parts.buffer) // parts.collector.num_envs
+        assert filled >= 90 and parts.buffer.actions[:filled].eq(1).all()
+    finally:
+        parts.close()
 
 
 @pytest.mark.slow

@@ -135,7 +135,8 @@ SECTIONS = sections()
 
 def test_the_page_has_the_three_examples() -> None:
     assert list(SECTIONS) == [
-        "Your own env", "Wrappers and discrete observations", "Your own network", "Your own loss: Munchausen-DQN"
+        "Your own env", "Wrappers and discrete observations", "Your own network", "Your own loss: Munchausen-DQN",
+        "Your own exploration: Boltzmann",
     ]  # fmt: skip
     named = set(re.findall(r"\bexamples/[\w/]+\.(?:py|yaml)", (ROOT / DOC).read_text()))
     assert len(named) >= 5 and not [n for n in named if not (ROOT / n).is_file()], named

@@ -312,6 +312,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("%s", describe_run(cfg, device))
         for line in describe_update(cfg, parts.module):
             log.info("%s", line)
+        if type(parts.collector).act is not EnvStepper.act:  # an exploration policy of your own
+            log.info("exploration: %s redefines act (collector._target_)", type(parts.collector).__name__)
         if observations := describe_observations(parts.env):  # Discrete or Dict observations: how they were encoded
             log.info("%s", observations)
         hint = cpu_hint(cfg, tuple(parts.env.single_observation_space.shape), device)

@@ -190,7 +190,28 @@ class EnvStepper(Callback):
             self._mask = action_masks(info, self.num_envs, self.num_actions)
             self.buffer.write_masks(self._mask)
 
-    def _act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
+    @property
+    def observations(self) -> np.ndarray | None:
+        """The current observations of the training envs, ``[num_envs, *obs_shape]``: what :meth:`act` acts on."""
+        return self._obs
+
+    @property
+    def valid_actions(self) -> np.ndarray | None:
+        """``[num_envs, num_actions]`` bool, the valid actions of :attr:`observations` (envs with action masks),
+        else ``None``.
+        """
+        return self._mask
+
+    def act(self, pl_module: pl.LightningModule, epsilon: float) -> np.ndarray:
+        """The exploration policy: one action per env for :attr:`observations`. Epsilon-greedy here.
+
+        An extension point: a subclass given as ``collector._target_`` may redefine it (Boltzmann exploration, say),
+        and every way of collecting calls it: the random prefill, the synchronous order and the overlapped one
+        (``async_envs``). ``epsilon`` is the schedule's value now (1.0 during the prefill). Draw randomness from
+        ``self.rng`` (checkpoints save it, so a resume stays exact), act greedily with
+        ``pl_module.greedy_actions`` (a learner's own ``forward``/``q_values`` are honoured there), and keep to
+        :attr:`valid_actions` when it is not ``None``.
+        """
         n = self.num_envs
         mask = self._mask
         explore = self.rng.random(n) < epsilon
@@ -214,11 +235,11 @@ class EnvStepper(Callback):
         one is then chosen and sent before this returns, unless the run needs no more env steps.
         """
         if self._in_flight is None:
-            self._send(self._act(pl_module, 1.0 if random else self.epsilon))
+            self._send(self.act(pl_module, 1.0 if random else self.epsilon))
         self._receive()
         if self._async and self.env_steps < self.last_env_steps_due:
             # Prefill takes random actions while env_steps < learning_starts, as the synchronous order does.
-            self._send(self._act(pl_module, 1.0 if self.env_steps < self.learning_starts else self.epsilon))
+            self._send(self.act(pl_module, 1.0 if self.env_steps < self.learning_starts else self.epsilon))
 
     def finish_pending_step(self) -> None:
         """Receive and store a vector step still in flight (before a checkpoint, a reset or the end)."""
