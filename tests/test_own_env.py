@@ -205,6 +205,12 @@ BROKEN = {
 }
 
 
+def test_an_env_of_your_own_is_checked_under_a_preset_that_skips_the_check(tmp_path: Path) -> None:
+    # env=cartpole sets check_api: false (gymnasium's own CartPole); a module:EnvId of yours is checked anyway.
+    with pytest.raises(EnvConfigError, match=r"env\.id=broken_envs:FourTuple-v0 breaks the gymnasium API"):
+        run(compose_cfg([*QUICK, "env=cartpole", "env.id=broken_envs:FourTuple-v0"], tmp_path / "run"))
+
+
 @pytest.mark.parametrize(("env_id", "says"), BROKEN.items(), ids=list(BROKEN))
 def test_an_env_that_breaks_the_api_is_refused_at_start(env_id: str, says: str, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -165,7 +165,9 @@ def make_vector_env(
     _check_kwargs(id, make_kwargs)
     nodes = wrapper_nodes(wrappers)
     encode = encoding_mode(encode_observations)
-    if check_api and not for_eval:  # before gym.make_vec: its wrappers would trip over a broken return first
+    # Before gym.make_vec: its wrappers would trip over a broken return first. An env of your own (module:EnvId) is
+    # checked whatever the preset says (check_api: false is for gymnasium's own envs).
+    if (check_api or env_module(name)) and not for_eval:
         check_env_api(
             id, {k: v for k, v in make_kwargs.items() if k not in _MAKE_KWARGS - {"render_mode"}}, f"env.id={name}"
         )
