@@ -14,6 +14,7 @@ import torch
 
 from dqnlab.learn.module import EXTENSION_POINTS, DQNModule
 from dqnlab.learn.networks import MLP
+from dqnlab.run.ckpt_file import peek_checkpoint
 from dqnlab.train import build, run
 from tests.conftest import PYTHON, ROOT, compose_cfg
 from tests.custom_algos import ZeroLossDQN
@@ -58,6 +59,19 @@ def test_an_exploration_policy_of_your_own_collects_on_every_path(make_cfg, asyn
         assert filled >= 90 and parts.buffer.actions[:filled].eq(1).all()
     finally:
         parts.close()
+
+
+def test_a_run_with_an_exploration_of_your_own_resumes_where_it_stood(tmp_path: Path) -> None:
+    """A subclass's collector state sits where every checkpoint keeps it: the resume starts at the run's env step
+    and keeps its metrics rows (under the subclass's class name, the resume started at env step 0)."""
+    mine = ["debug=smoke", "collector._target_=tests.custom_algos.AlwaysRightStepper", "progress_bar=false"]
+    first = run(compose_cfg(mine, tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert peek_checkpoint(last)["env_steps"] == first["env_steps"] == 400
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    more = run(compose_cfg([*mine, "ckpt_path=last", "env_steps=800"], tmp_path))
+    assert more["env_steps"] == 800 and more["segment_env_steps"] == 400
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[: len(rows)] == rows
 
 
 @pytest.mark.slow

@@ -22,8 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dqnlab.errors import EXIT_CONFIG_ERROR
-from dqnlab.run.checkpoint import peek_checkpoint
-from dqnlab.run.ckpt_file import LIGHTNING_CKPT_KEYS, check_checkpoint
+from dqnlab.run.ckpt_file import LIGHTNING_CKPT_KEYS, check_checkpoint, peek_checkpoint
 from dqnlab.run.resume import collect_rng_states, set_rng_states
 from dqnlab.share.agent_file import FORMAT, AgentFileError, read_agent_file
 from dqnlab.share.playback import evaluate_agent, load_agent

@@ -37,11 +37,10 @@ from dqnlab.run.checkpoint import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
     DQNCheckpoint,
-    peek_checkpoint,
     resolve_ckpt_path,
 )
 from dqnlab.run.checks import check_writable_dir
-from dqnlab.run.ckpt_file import check_checkpoint
+from dqnlab.run.ckpt_file import check_checkpoint, peek_checkpoint
 from dqnlab.run.evaluation import Evaluator
 from dqnlab.run.nonfinite import NonFiniteGuard
 from dqnlab.run.progress import EnvStepProgressBar

@@ -37,9 +37,8 @@ from dqnlab.envs import checks as env_checks
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
 from dqnlab.learn import checks as learn_checks
 from dqnlab.run import checks as run_checks
-from dqnlab.run.checkpoint import peek_checkpoint
 from dqnlab.run.checks import GROUPS, check_writable_dir, unknown_top_level_key
-from dqnlab.run.ckpt_file import check_checkpoint
+from dqnlab.run.ckpt_file import check_checkpoint, peek_checkpoint
 from dqnlab.run.resume_config import restore_config
 
 if TYPE_CHECKING:

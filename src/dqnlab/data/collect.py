@@ -13,6 +13,7 @@ import torch
 from gymnasium.vector import VectorEnv
 from pytorch_lightning.callbacks import Callback
 
+from dqnlab.data import COLLECTOR_STATE_KEY
 from dqnlab.data.action_masks import action_masks, random_valid_actions
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.envs.pipe import EnvPipe
@@ -56,6 +57,15 @@ class EnvStepper(Callback):
             when the env's first reset gives one); ``false``: never.
 
     """
+
+    @property
+    def state_key(self) -> str:
+        """``"EnvStepper"`` for a subclass too (an exploration of your own): its checkpoints read like any other.
+
+        Lightning's default is the class name, under which a subclass's env-step counter was missed by
+        :func:`dqnlab.run.ckpt_file.peek_checkpoint`, and a resume started its metrics at env step 0.
+        """
+        return COLLECTOR_STATE_KEY
 
     def __init__(
         self,

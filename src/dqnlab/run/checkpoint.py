@@ -29,10 +29,11 @@ from fsspec.utils import get_protocol
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from dqnlab.data import COLLECTOR_STATE_KEY
 from dqnlab.data.collect import EnvStepper
 from dqnlab.errors import ConfigError, WriteFailed
 from dqnlab.io import atomic_open
-from dqnlab.run.ckpt_file import check_checkpoint, load_checkpoint
+from dqnlab.run.ckpt_file import check_checkpoint
 from dqnlab.run.stopping import Interrupted, SignalStop, find_stop
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def write_failed(path: Path, checkpoint: dict[str, Any], exc: BaseException) -> 
         free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free there"
     except OSError:
         free = ""
-    buffer = (checkpoint.get("callbacks") or {}).get("EnvStepper", {}).get("buffer")
+    buffer = (checkpoint.get("callbacks") or {}).get(COLLECTOR_STATE_KEY, {}).get("buffer")
     nbytes = sum(t.nbytes for t in _tensors(buffer))
     less = f"checkpoint.save_buffer=false (the replay is {nbytes / 2**20:,.1f} MiB of each file), " if nbytes else ""
     if isinstance(exc, OSError):
@@ -275,7 +276,7 @@ class DQNCheckpoint(ModelCheckpoint):
         for name, value in kept["state"].items():
             state[f"q_net.{name}"] = state[f"target_net.{name}"] = value
         ckpt: dict[str, Any] = {"pytorch-lightning_version": pl.__version__, "global_step": trainer.global_step}
-        ckpt |= {"state_dict": state, "callbacks": {"EnvStepper": {"env_steps": int(kept["env_steps"])}}}
+        ckpt |= {"state_dict": state, "callbacks": {COLLECTOR_STATE_KEY: {"env_steps": int(kept["env_steps"])}}}
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if type(callback).__name__ == "ResumeState":  # the run's config, where evaluate.py looks for it
                 callback.on_save_checkpoint(trainer, pl_module, ckpt)
@@ -314,17 +315,3 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
         return str(last)
     log.info("ckpt_path=last: no %s yet, starting fresh", last)
     return None
-
-
-def peek_checkpoint(path: str) -> dict[str, Any]:
-    """The small parts of a checkpoint (counters, config) without reading its tensors (memory-mapped).
-
-    Loaded with ``weights_only=True`` (:func:`dqnlab.run.ckpt_file.load_checkpoint`): nothing from the file runs.
-    """
-    ckpt = load_checkpoint(path)
-    collector = ckpt.get("callbacks", {}).get(EnvStepper.__qualname__, {})
-    return {
-        "env_steps": int(collector.get("env_steps", 0)),
-        "global_step": int(ckpt.get("global_step", 0)),
-        "config": (ckpt.get("dqnlab") or {}).get("config"),
-    }

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dqnlab.data import COLLECTOR_STATE_KEY
+
 # Keys Lightning writes into every checkpoint it saves for resuming (`Trainer.save_checkpoint`).
 LIGHTNING_CKPT_KEYS = ("pytorch-lightning_version", "global_step", "state_dict", "optimizer_states")
 # ckpt_path values Lightning resolves itself (`trainer.fit(ckpt_path="last")`): not files, not checked here.
@@ -65,6 +67,21 @@ def load_checkpoint(p: str | Path) -> Any:
             return torch.load(p, map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError:  # mmap needs the zip format of torch.save; older files load the plain way
             return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def peek_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The small parts of a checkpoint (counters, config) without reading its tensors (memory-mapped).
+
+    Loaded with ``weights_only=True`` (:func:`load_checkpoint`): nothing from the file runs. This module imports
+    torch only here, and never Lightning, so a resume's config is checked before either is imported.
+    """
+    ckpt = load_checkpoint(path)
+    collector = ckpt.get("callbacks", {}).get(COLLECTOR_STATE_KEY, {})
+    return {
+        "env_steps": int(collector.get("env_steps", 0)),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "config": (ckpt.get("dqnlab") or {}).get("config"),
+    }
 
 
 def unsafe_checkpoint_reason(err: BaseException) -> str | None:

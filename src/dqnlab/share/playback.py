@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from dqnlab.data import COLLECTOR_STATE_KEY
 from dqnlab.envs.vector import env_module
 from dqnlab.envs.wrappers import file_wrapper_problem
 from dqnlab.learn.networks import build_network
@@ -103,7 +104,7 @@ def read_checkpoint(path: Path) -> tuple[DictConfig, dict[str, torch.Tensor], in
     if not isinstance(state, dict) or not any(str(k).startswith("q_net.") for k in state):
         raise AgentFileError(f"{path} is not a checkpoint of a dqnlab DQN (no q_net.* weights)")
     weights = {k.removeprefix("q_net."): v for k, v in state.items() if k.startswith("q_net.")}
-    collector_state = (ckpt.get("callbacks") or {}).get("EnvStepper", {})
+    collector_state = (ckpt.get("callbacks") or {}).get(COLLECTOR_STATE_KEY, {})
     return checkpoint_config(ckpt, path), weights, int(collector_state.get("env_steps", 0))
 
 
