@@ -49,7 +49,7 @@ SUITES = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suite", choices=sorted(SUITES))
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the composed config")
@@ -67,7 +67,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=60_000, help="atari-gpu/peers: dqnlab env steps timed")
     parser.add_argument("--sb3-steps", type=int, default=4_000, help="peers: SB3 env steps timed")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.suite.startswith("zoo"):
         args.env_names = args.envs
         if unknown := sorted(set(args.envs or []) - set(ZOO_DQN)):
@@ -83,7 +83,8 @@ def main() -> None:
     print(result["table"])
     print(json.dumps({k: v for k, v in result.items() if k != "table"}))
     if args.append:
-        cmd = "python scripts/benchmark.py " + " ".join(sys.argv[1:]).replace("--append", "").strip()
+        words = sys.argv[1:] if argv is None else argv
+        cmd = "python scripts/benchmark.py " + " ".join(words).replace("--append", "").strip()
         with (ROOT / "docs" / "benchmarks.md").open("a") as f:
             f.write(f"\n### {args.suite} ({result['date']})\n\n`{cmd}` on {result['machine']}\n\n{result['table']}\n")
 

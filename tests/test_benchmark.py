@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import subprocess
 
 import pytest
+import torch
 
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import ROOT
+
+
+def _benchmark(argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``python scripts/benchmark.py <argv>``, in this process (a suite's own runs still start their processes)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # its `bench` package, as `python scripts/...` finds it
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        script.main(argv)
+    finally:
+        torch.set_num_threads(threads)  # the suites time one thread; the next test in this worker runs as before
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -25,11 +41,9 @@ from tests.conftest import PYTHON, ROOT
         "zoo-split",
     ],
 )
-def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
-    cmd = [PYTHON, "scripts/benchmark.py", suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_suite_runs_and_prints_one_json_line(suite, tmp_path, capsys, monkeypatch):
+    argv = [suite, "--quick", *(["--out", str(tmp_path)] if suite == "zoo" else [])]
+    result = _benchmark(argv, capsys, monkeypatch)
     assert result["suite"] == suite
     if suite == "replay-memory":
         assert result["bytes"] <= 7.5e9 and result["allocation_matches"]
@@ -46,8 +60,7 @@ def test_suite_runs_and_prints_one_json_line(suite, tmp_path):
         assert mc["sb3_iqm"][1] <= mc["sb3_iqm"][0] <= mc["sb3_iqm"][2] and mc["wall_ratio"] > 0
         # Every run is kept under --out; a second invocation reads them back instead of training again.
         assert sorted(p.name for p in (tmp_path / "mountaincar").iterdir()) == ["dqnlab_seed0.json", "sb3_seed0.json"]
-        again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert json.loads(again.stdout.strip().splitlines()[-1])["results"] == result["results"]
+        assert _benchmark(argv, capsys, monkeypatch)["results"] == result["results"]
     if suite == "update-floor":  # Acrobot's preset by default: 6 inputs, 256-256, 3 actions, batch 128
         assert result["sizes"] == [6, 256, 256, 3] and result["batch"] == 128
         rows = {(r["what"], r["dtype"], r["threads"]): r for r in result["results"]}

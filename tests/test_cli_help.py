@@ -5,6 +5,7 @@ Each test runs the real CLI in a subprocess with its output piped, as a log file
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -78,27 +79,24 @@ def test_optuna_search_space_fits_cartpole_defaults() -> None:
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_leaves_no_empty_dir_and_reports_jobs(tmp_path: Path) -> None:
-    proc = run_cli(
-        "train.py",
-        "-m",
-        "seed=0",
-        "hydra/launcher=submitit_local",
-        "debug=smoke",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+def test_submitit_local_sweep_runs_its_jobs_leaves_no_empty_dir_and_reports_them(tmp_path: Path) -> None:
+    proc = run_cli("train.py", "-m", "seed=0,1", "hydra/launcher=submitit_local", "debug=smoke",
+                   f"hydra.sweep.dir={tmp_path}")  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in tmp_path.glob("*/summary.json"))
+    assert seeds == [0, 1]
     submitit = tmp_path / ".submitit"
-    assert submitit.is_dir()
+    assert list(submitit.glob("*/*_result.pkl"))  # the jobs really went through submitit
     empty = [str(p) for p in submitit.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert not empty, f"empty folders left: {empty}"
-    logs = list(submitit.glob("*/*_log.out"))
-    assert len(logs) == 1, list(submitit.rglob("*"))
+    logs = sorted(submitit.glob("*/*_log.out"))
+    assert len(logs) == 2, list(submitit.rglob("*"))
     # One result line per job in the terminal, naming its run dir and its log file.
-    line = next((ln for ln in out.splitlines() if "#0 seed=0 debug=smoke: eval/return_mean" in ln), None)
-    assert line is not None, out
-    assert str(logs[0]) in line and str(tmp_path / "0") in line
+    for job in (0, 1):
+        line = next((ln for ln in out.splitlines() if f"#{job} seed={job} debug=smoke: eval/return_mean" in ln), None)
+        assert line is not None, out
+        assert str(tmp_path / str(job)) in line and any(str(log) in line for log in logs)
 
 
 def test_help_into_a_closed_pipe_stops_quietly() -> None:

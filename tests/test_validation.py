@@ -169,6 +169,15 @@ def test_cli_rejects_bad_input_cleanly(tmp_path, name, case):
         assert len(re.findall(r"^error: ", proc.stderr, flags=re.MULTILINE)) == 1, proc.stderr
 
 
+@pytest.mark.parametrize("override", ["collector.learning_starts=-1", "optimizer.lrr=1e-3", "network=nature_cnnn"])
+def test_a_config_error_comes_before_torch_is_imported(tmp_path, override):
+    """Range, key and option errors need neither torch nor Lightning: the line comes in well under a second."""
+    proc = _run_cli([PYTHON, "-X", "importtime", "train.py", override, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == EXIT_CONFIG_ERROR and f"error: {override}" in proc.stderr, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "hydra" in imported and not imported & {"torch", "pytorch_lightning", "gymnasium"}
+
+
 @pytest.mark.slow
 def test_cli_missing_atari_extra_says_what_to_install(tmp_path):
     # As if ale-py were not installed: a None entry in sys.modules makes `import ale_py` fail.

@@ -418,16 +418,6 @@ def test_optuna_sweep_tunes_and_each_job_is_one_wandb_run(tmp_path):
     assert len({r.group for r in runs}) == 1 and str(sweep) in runs[0].group
 
 
-@pytest.mark.slow
-def test_submitit_local_launcher_runs_two_jobs(tmp_path):
-    sweep = tmp_path / "submitit"
-    proc = _train("-m", "seed=0,1", "debug=smoke", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seeds = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/summary.json"))
-    assert seeds == [0, 1]
-    assert list(sweep.glob(".submitit/*/*_result.pkl"))  # the jobs really went through submitit
-
-
 def test_slurm_launcher_config_composes(tmp_path):
     from hydra import compose, initialize_config_dir
 
