@@ -228,3 +228,18 @@ def test_rng_states_are_plain_data_and_restore_exactly():
     expected = np.random.random()
     set_rng_states(legacy)
     assert np.random.random() == expected
+
+
+def test_the_video_env_is_closed_when_the_episodes_stop_on_an_error(tmp_path, monkeypatch):
+    """``evaluate.py ... video=true`` on an env that crashes mid-episode: the error passes, the video env is closed."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "envs"))
+    import closing
+
+    run(compose_cfg(["env=gym", "env.id=closing:Closing-v0", "debug=smoke", "logger=[]", "progress_bar=false"],
+                    tmp_path))  # fmt: skip
+    agent = load_agent(tmp_path / "checkpoints" / "last.ckpt", env_id="closing:Closing-v0")
+    agent.cfg.env.kwargs = {"crash_after": 5}
+    closing.CLOSED.clear()
+    with pytest.raises(RuntimeError, match="crashed on its step 5"):
+        evaluate_agent(agent, episodes=2, video=True, video_dir=tmp_path / "videos")
+    assert "rgb_array" in closing.CLOSED and not (tmp_path / "videos").exists()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,30 +238,29 @@ def evaluate_agent(
     eps = float(cfg.eval.get("epsilon", 0.0) if epsilon is None else epsilon)
     seed = int(cfg.get("seed", 0)) + 2_000_000 if seed is None else int(seed)
     n = int(num_envs or min(episodes, 32))
-    render_env = None
-    if video:  # first: an env that cannot be filmed is refused before any episode is played
-        from dqnlab.envs.video import make_render_env
-
-        render_env = make_render_env(cfg.env, key="video")
-    env = env_factory(cfg)(num_envs=n, for_eval=True)
-    try:
-        returns, lengths = play_episodes(env, agent.policy, episodes, eps, np.random.default_rng(seed), seed=seed)
-    finally:
-        env.close()
     videos: list[str] = []
-    if render_env is not None:
-        from dqnlab.envs.video import record_episode
+    with contextlib.ExitStack() as closing:  # the video env too, whatever stops the episodes (Ctrl-C, an env error)
+        render_env = None
+        if video:  # first: an env that cannot be filmed is refused before any episode is played
+            from dqnlab.envs.video import make_render_env
 
-        out = Path(video_dir or "videos")
+            render_env = make_render_env(cfg.env, key="video")
+            closing.callback(render_env.close)
+        env = env_factory(cfg)(num_envs=n, for_eval=True)
         try:
+            returns, lengths = play_episodes(env, agent.policy, episodes, eps, np.random.default_rng(seed), seed=seed)
+        finally:
+            env.close()
+        if render_env is not None:
+            from dqnlab.envs.video import record_episode
+
+            out = Path(video_dir or "videos")
             for i in range(video_episodes):
                 path = out / f"env_steps_{agent.env_steps}_episode_{i}.mp4"
                 written, _ = record_episode(
                     render_env, agent.policy, path, epsilon=eps, seed=seed + 1000 + i, fps=video_fps
                 )
                 videos.append(str(written))
-        finally:
-            render_env.close()
     return {
         "episodes": len(returns),
         "return_mean": float(returns.mean()),
