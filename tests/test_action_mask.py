@@ -266,3 +266,20 @@ def test_taxi_trains_with_its_action_masks(make_cfg):
     taxi = ["env=gym", "env.id=Taxi-v4", "env.max_episode_steps=50", "logger=[]", "progress_bar=false"]
     summary = run(make_cfg(*taxi, "env_steps=2000", "collector.learning_starts=500", "eval.episodes=2"))
     assert summary["action_mask"] is True and summary["env_steps"] == 2000
+
+
+def test_the_memory_check_counts_the_masks_a_masked_run_stores(masked_env, make_cfg, tmp_path, monkeypatch):
+    """A byte per action per transition: a limit that holds the buffer without masks but not with them refuses
+    the masked run before anything is allocated, and lets the same run without masking build."""
+    from dqnlab.data.memory import MEMORY_LIMIT_ENV, RESERVATIONS_ENV, BufferTooLargeError
+
+    capacity = 100_000
+    plain = ReplayBuffer.nbytes_for(capacity, 1, (3,), torch.float32)  # Masked-v0: 3 floats, 3 actions
+    with_masks = ReplayBuffer.nbytes_for(capacity, 1, (3,), torch.float32, mask_size=3)
+    assert with_masks == plain + 3 * capacity
+    monkeypatch.setenv(RESERVATIONS_ENV, str(tmp_path / "reservations"))  # no other job's buffer counts here
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, str(int((plain + with_masks) / 2 / 0.9)))  # buffer.memory_fraction 0.9
+    overrides = [*MASKED, f"buffer.capacity={capacity}", "~checkpoint"]
+    with pytest.raises(BufferTooLargeError, match=r"buffer\.capacity"):
+        build(make_cfg(*overrides))
+    build(make_cfg(*overrides, "collector.action_mask=false")).close()

@@ -137,12 +137,12 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
     env = env_factory()
     try:
         match_frame_stacking(cfg.buffer, env)  # an env that stacks frames (Atari) sets buffer.frame_stack
-        validate_env(cfg, env)  # action/observation spaces and the replay size, before anything is allocated
-        obs_space, num_actions = env.single_observation_space, int(env.single_action_space.n)
-        device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         # An env whose reset info has action_mask: the buffer stores the masks, and the run acts and bootstraps
         # among the valid actions only (data/action_masks.py). The look is one seeded reset; false: none.
         masked = detect_action_masks(env, cfg.collector.get("action_mask", "auto"), cfg.seed)
+        validate_env(cfg, env, masked)  # spaces, and the replay size with its masks, before anything is allocated
+        obs_space, num_actions = env.single_observation_space, int(env.single_action_space.n)
+        device = resolve_device(cfg.trainer.get("accelerator", "auto"))
 
         # A distributional learner (algo=c51) sets the network's output atoms.
         num_atoms = int(cfg.algo.get("num_atoms", 1))

@@ -159,8 +159,9 @@ def validate_config(cfg: DictConfig) -> None:
     raise_all(problems)
 
 
-def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
-    """Check what only the built env tells: its spaces, and the exact replay buffer size for its observations.
+def validate_env(cfg: DictConfig, env: VectorEnv, masked: bool = False) -> None:
+    """Check what only the built env tells: its spaces, and the exact replay buffer size for its observations
+    (and its action masks when ``masked``: one byte per action per transition).
 
     Call it right after the env is built, before the network and the buffer are.
 
@@ -172,7 +173,7 @@ def validate_env(cfg: DictConfig, env: VectorEnv) -> None:
     env_checks.check_spaces(cfg, env)
     env_checks.check_render(cfg, env)  # eval.video=true on an env that cannot be filmed: refused before training
     learn_checks.check_augment(cfg, env)
-    data_checks.check_buffer_fits(cfg, env)
+    data_checks.check_buffer_fits(cfg, env, masked)
 
 
 def _newest_run_with_a_checkpoint(root: Path) -> Path | None:

@@ -136,8 +136,8 @@ def memory_problems(cfg: DictConfig, v: dict[str, float]) -> list[str]:
     return []
 
 
-def check_buffer_fits(cfg: DictConfig, env: VectorEnv) -> None:
-    """The exact replay size for the env's observations against its device's free memory.
+def check_buffer_fits(cfg: DictConfig, env: VectorEnv, masked: bool = False) -> None:
+    """The exact replay size for the env's observations (and action masks) against its device's free memory.
 
     Raises:
         BufferTooLargeError: The replay buffer would not fit; the message says what to lower.
@@ -155,7 +155,8 @@ def check_buffer_fits(cfg: DictConfig, env: VectorEnv) -> None:
     frame_shape = tuple(obs_space.shape[1:] if stack > 1 else obs_space.shape)
     slots = capacity // env.num_envs
     obs_dtype = torch.from_numpy(np.zeros(0, dtype=obs_space.dtype)).dtype
-    need = ReplayBuffer.nbytes_for(slots, env.num_envs, frame_shape, obs_dtype)
+    mask_size = int(env.single_action_space.n) if masked else 0  # a bool per action (the spaces are checked)
+    need = ReplayBuffer.nbytes_for(slots, env.num_envs, frame_shape, obs_dtype, mask_size)
     device = buffer_device(cfg)
     free, jobs, held = memory_for_a_new_buffer(device)  # what other jobs' buffers leave of the free memory
     fraction = float(cfg.buffer.get("memory_fraction", 0.9))
