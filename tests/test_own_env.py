@@ -222,6 +222,20 @@ def test_an_env_that_breaks_the_api_is_refused_at_start(env_id: str, says: str, 
     assert not out.exists()  # a run that cannot start leaves no run dir
 
 
+def test_the_api_check_sees_the_env_through_its_wrappers(tmp_path: Path) -> None:
+    """A wrapper of yours that makes the env keep the API (a float64 observation cast to its space's float32) lets
+    it train; a wrapper that does not gets the env's own broken rule named."""
+    dtype = ["env=gym", "env.id=broken_envs:WrongDtype-v0"]
+    summary = run(compose_cfg([*QUICK, *dtype, "env.wrappers=[{_target_:my_wrappers.Float32}]"], tmp_path / "a"))
+    assert summary["env_steps"] == 600
+    with pytest.raises(EnvConfigError, match=r"^env\.id=broken_envs:WrongDtype-v0 breaks .* float64, but obs"):
+        run(compose_cfg([*QUICK, *dtype, "env.wrappers=[{_target_:my_wrappers.StepCost}]"], tmp_path / "b"))
+    # The message's other way out holds for an env of yours too: env.check_api=false skips the check.
+    assert run(compose_cfg([*QUICK, *dtype, "env.check_api=false"], tmp_path / "c"))["env_steps"] == 600
+    with pytest.raises(EnvConfigError, match=r"env\.check_api='yes' is not known: use true, false or auto"):
+        run(compose_cfg([*QUICK, *dtype, "env.check_api=yes"], tmp_path / "d"))
+
+
 def test_a_broken_env_is_one_error_line_and_no_run_dir_on_the_command_line(tmp_path: Path) -> None:
     proc = _cli("train.py", "env=gym", "env.id=broken_envs:FourTuple-v0", "debug=smoke",
                 f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import SupportsFloat
 
 import gymnasium as gym
+import numpy as np
 
 if os.environ.get("MY_WRAPPERS_IMPORTED"):
     Path(os.environ["MY_WRAPPERS_IMPORTED"]).touch()
@@ -27,3 +28,16 @@ class StepCost(gym.RewardWrapper):
     def reward(self, reward: SupportsFloat) -> float:
         """The env's reward less the cost."""
         return float(reward) - self.cost
+
+
+class Float32(gym.ObservationWrapper):
+    """Observations as float32, the dtype a Box space of float32 promises (an env that lets numpy's float64 out)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        self.observation_space = gym.spaces.Box(space.low, space.high, space.shape, np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """The observation, cast."""
+        return np.asarray(observation, dtype=np.float32)

@@ -3,16 +3,18 @@
 An env that returns ``(obs, reward, done, info)`` (the old gym API), a reset without its info dict, an observation
 outside its space or a non-bool ``terminated`` breaks a run deep inside the collector, with a traceback that names
 numpy or the vector env, not the env. Here one copy, built straight from its registered entry point (without
-gymnasium's ``TimeLimit`` and checker wrappers, which would trip over the broken return first), is reset and
-stepped a few times, and the first broken rule is reported in one line that names it.
+gymnasium's ``TimeLimit`` and checker wrappers, which would trip over the broken return first) and wrapped in the
+run's ``env.wrappers``, is reset and stepped a few times, and the first broken rule is reported in one line that
+names it.
 
 gymnasium's own checkers do not serve as they are: its ``PassiveEnvChecker`` only warns about most of these, and
 ``check_env`` also demands seeded determinism and render modes, which many working envs lack. A copy costs one
-construction and a few steps; dqnlab's presets skip it (``check_api: false``: gymnasium's own envs).
+construction and a few steps; dqnlab's presets check only an env of yours (``check_api: auto``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -99,8 +101,19 @@ def _check_step(env: gym.Env, name: str) -> bool:
     return bool(terminated or truncated)
 
 
-def check_env_api(env_id: str, kwargs: dict[str, Any], name: str, steps: int = CHECK_STEPS, seed: int = 0) -> None:
+def check_env_api(
+    env_id: str,
+    kwargs: dict[str, Any],
+    name: str,
+    steps: int = CHECK_STEPS,
+    seed: int = 0,
+    wrap: Callable[[gym.Env], gym.Env] | None = None,
+) -> None:
     """Build one copy of ``env_id`` and check its spaces, reset and ``steps`` steps against the gymnasium API.
+
+    With ``wrap`` (``env.wrappers``), the copy is checked as the run sees it, wrapped: a wrapper of yours may be
+    what makes an env keep the API (an old-gym step, an observation cast). Should the wrapped copy fail, the
+    env alone is checked too, and a rule it breaks is the one named (a wrapper often trips over a broken return).
 
     Args:
         env_id: A registered id (the module of a ``module:EnvId`` already imported).
@@ -108,6 +121,7 @@ def check_env_api(env_id: str, kwargs: dict[str, Any], name: str, steps: int = C
         name: How the message names the env (``env.id=...``).
         steps: Env steps to take, resetting when an episode ends.
         seed: Seed of the reset and of the sampled actions.
+        wrap: What the run applies to each copy (``dqnlab.envs.wrappers.wrap`` with the run's wrappers).
 
     Raises:
         EnvAPIError: The first rule the env breaks, named.
@@ -118,7 +132,18 @@ def check_env_api(env_id: str, kwargs: dict[str, Any], name: str, steps: int = C
         return
     entry = spec.entry_point
     creator = entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
-    env = creator(**{**spec.kwargs, **kwargs})
+    if wrap is None:
+        _check_copy(lambda: creator(**{**spec.kwargs, **kwargs}), name, steps, seed)
+        return
+    try:
+        _check_copy(lambda: wrap(creator(**{**spec.kwargs, **kwargs})), f"{name} with its env.wrappers", steps, seed)
+    except Exception:
+        _check_copy(lambda: creator(**{**spec.kwargs, **kwargs}), name, steps, seed)  # the env's own rule, if any
+        raise
+
+
+def _check_copy(make: Callable[[], Any], name: str, steps: int, seed: int) -> None:
+    env = make()
     try:
         if not isinstance(env, gym.Env):
             _fail(name, "the env is a gymnasium.Env", f"its entry point returned a {type(env).__name__}")

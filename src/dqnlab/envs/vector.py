@@ -131,7 +131,7 @@ def make_vector_env(
     kwargs: dict[str, Any] | None = None,
     wrappers: list[dict[str, Any]] | None = None,
     encode_observations: str | None = "auto",
-    check_api: bool = False,
+    check_api: bool | str = "auto",
     for_eval: bool = False,
 ) -> VectorEnv:
     """A gymnasium vector env of ``num_envs`` copies of ``id`` in NEXT_STEP autoreset mode.
@@ -147,8 +147,8 @@ def make_vector_env(
             (:mod:`dqnlab.envs.wrappers`).
         encode_observations: ``auto``: one-hot Discrete and MultiDiscrete observations, flatten Dict, Tuple and
             MultiBinary ones (:mod:`dqnlab.envs.encoding`); ``none``: leave them as the env gives them.
-        check_api: Check one copy against the gymnasium API first (:mod:`dqnlab.envs.api_check`); training
-            env only, evaluation and playback envs are the same env.
+        check_api: Check one copy against the gymnasium API first (:mod:`dqnlab.envs.api_check`); ``auto``: only an
+            env of your own (``module:EnvId``). Training env only: evaluation and playback envs are the same env.
         for_eval: Build the evaluation variant (identical for plain gymnasium envs).
 
     Raises:
@@ -165,11 +165,16 @@ def make_vector_env(
     _check_kwargs(id, make_kwargs)
     nodes = wrapper_nodes(wrappers)
     encode = encoding_mode(encode_observations)
-    # Before gym.make_vec: its wrappers would trip over a broken return first. An env of your own (module:EnvId) is
-    # checked whatever the preset says (check_api: false is for gymnasium's own envs).
-    if (check_api or env_module(name)) and not for_eval:
+    # Before gym.make_vec: its wrappers would trip over a broken return first. The presets say auto: an env of your
+    # own (module:EnvId) is checked under them, gymnasium's own env is not.
+    if check_api not in (True, False, "auto"):
+        raise EnvConfigError(f"env.check_api={check_api!r} is not known: use true, false or auto")
+    if (check_api is True or (check_api == "auto" and env_module(name))) and not for_eval:
         check_env_api(
-            id, {k: v for k, v in make_kwargs.items() if k not in _MAKE_KWARGS - {"render_mode"}}, f"env.id={name}"
+            id,
+            {k: v for k, v in make_kwargs.items() if k not in _MAKE_KWARGS - {"render_mode"}},
+            f"env.id={name}",
+            wrap=partial(wrap, nodes=tuple(nodes), encode=encode) if nodes else None,  # as the run sees each copy
         )
     if max_episode_steps is not None:
         make_kwargs["max_episode_steps"] = max_episode_steps
