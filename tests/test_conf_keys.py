@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from dqnlab.conf_keys import group_keys, unknown_group_key
+from dqnlab.conf_keys import group_keys, key_of_another_option, unknown_group_key
 from dqnlab.errors import EXIT_CONFIG_ERROR
 from dqnlab.run.checks import GROUPS
 from tests.conftest import CONF_DIR, PYTHON, ROOT, compose_cfg
@@ -27,6 +27,22 @@ def test_every_key_of_a_composed_config_is_accepted(tmp_path, overrides):
     keys = _second_level_keys(compose_cfg(overrides, tmp_path))
     assert len(keys) > 40
     assert [k for k in keys if unknown_group_key(k, CONF_DIR, GROUPS)] == []
+
+
+OPTIONS = [
+    (group, p.stem)
+    for group in GROUPS
+    if group not in ("experiment", "debug", "hparams", "hparams_search")
+    for p in sorted((Path(CONF_DIR) / group).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_key_of_a_chosen_option_is_accepted_for_it(tmp_path, group, option):
+    # `env=breakout env.wrappers=...` is refused for breakout alone: no key the composed option has may be.
+    cfg = compose_cfg([f"{group}={option}"], tmp_path)
+    keys = [f"{group}.{k}" for k in cfg[group]] if isinstance(cfg.get(group), DictConfig) else []
+    assert [k for k in keys if key_of_another_option(k, {group: option}, CONF_DIR)] == []
 
 
 def test_keys_come_from_group_files_and_global_files(tmp_path):
@@ -57,6 +73,9 @@ NESTED_TYPOS = [
     (["network.hiden_sizes=[64,64]"], "did you mean network.hidden_sizes?"),
     (["env=minatar", "env.gam=breakout"], "did you mean env.game?"),
     (["-m", "collector.train_frq=1,4"], "did you mean collector.train_freq?"),
+    # A key of another option of the group: Hydra's hint `+env.wrappers` would only move the error to the factory.
+    (["env=breakout", "env.wrappers=[]"], "env.wrappers is not a setting of env=breakout (conf/env/breakout.yaml)"),
+    (["env=breakout", "env.max_episode_frame=100"], "did you mean env.max_episode_frames?"),
 ]
 
 

@@ -82,3 +82,63 @@ def unknown_group_key(key: str, conf_dir: str, groups: tuple[str, ...]) -> str |
     else:
         fix = f"the {head} keys in conf/ are {', '.join(sorted(k for k in known if not k.startswith('_')))}"
     return f"{key} is not a dqnlab setting (no file in conf/ gives {head} a key {second!r}): {fix}"
+
+
+@cache
+def _global_group_keys(conf_dir: str, group: str) -> frozenset[str]:
+    """The keys the global files (experiments, debug overlays, hparams) write into ``group``."""
+    root, found = Path(conf_dir), set()
+    for path in sorted(root.glob("*/*.yaml")):
+        text = path.read_text()
+        if not _is_global(text, path.parent.name):
+            continue
+        data = yaml.load(text, Loader=_Loader) or {}
+        if isinstance(data, dict) and isinstance(data.get(group), dict):
+            found.update(str(key) for key in data[group])
+    return frozenset(found)
+
+
+def option_keys(conf_dir: str, group: str, option: str) -> frozenset[str] | None:
+    """The keys ``conf/<group>/<option>.yaml`` gives its group, with those of the same group's files in its
+    defaults list (``env/breakout.yaml`` lists ``atari``); ``None`` when the file is not there.
+    """
+    path = Path(conf_dir) / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    if not isinstance(data, dict):
+        return None
+    keys = {str(key) for key in data if key != "defaults"}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_" and "/" not in entry and "@" not in entry:
+            keys |= option_keys(conf_dir, group, entry) or set()
+    return frozenset(keys)
+
+
+def key_of_another_option(key: str, chosen: dict[str, str], conf_dir: str) -> str | None:
+    """``env=breakout env.wrappers=[...]``: a key that other options of the group have but the chosen one does not
+    (Hydra's message would suggest ``+env.wrappers``, which the chosen env's factory then refuses).
+
+    Args:
+        key: A dotted override key, e.g. ``env.wrappers``.
+        chosen: The group options the command line selects, e.g. ``{"env": "breakout"}``.
+        conf_dir: The config directory.
+
+    Returns:
+        The message, or ``None`` when the chosen option or a global file (an experiment) may give the key.
+
+    """
+    head, _, rest = key.partition(".")
+    second = rest.split(".")[0]
+    if head not in chosen or not second:
+        return None
+    keys = option_keys(conf_dir, head, chosen[head])
+    if keys is None or not keys or second in keys or second in _global_group_keys(conf_dir, head):
+        return None
+    close = difflib.get_close_matches(second, sorted(keys), n=1, cutoff=0.6)
+    fix = (
+        f"did you mean {head}.{close[0]}?"
+        if close
+        else f"its keys: {', '.join(sorted(k for k in keys if k[0] != '_'))}"
+    )
+    return f"{key} is not a setting of {head}={chosen[head]} (conf/{head}/{chosen[head]}.yaml): {fix}"
