@@ -99,3 +99,17 @@ def test_your_own_env_module_trains_plays_and_exports(tmp_path: Path) -> None:
     errors = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
     assert refused.returncode == 2 and len(errors) == 1 and "names module 'corridor'" in errors[0]
     assert "add env.id=corridor:Corridor-v0" in errors[0]
+
+
+def test_a_typo_in_a_key_of_your_subclass_is_named(tmp_path: Path) -> None:
+    """``MunchausenDQN(*args, tau, alpha, l0, **kwargs)`` hands the rest to ``DQNModule``: its keys and the base's
+    are known, so a misspelled one is one line with the close match, not a TypeError deep in Hydra."""
+    from dqnlab.errors import ConfigError
+    from dqnlab.validate import validate_config
+
+    mine = ["algo._target_=examples.my_algos.MunchausenDQN", "+algo.tau=0.05", "algo.batch_size=64"]
+    validate_config(compose_cfg(mine, tmp_path))
+    with pytest.raises(ConfigError, match=r"algo\.tua is not a setting of examples\.my_algos\.MunchausenDQN: did you"):
+        validate_config(compose_cfg([*mine, "+algo.tua=0.1"], tmp_path))
+    with pytest.raises(ConfigError, match=r"algo\.batch_sise is not a setting .*did you mean algo\.batch_size\?"):
+        validate_config(compose_cfg([*mine, "+algo.batch_sise=32"], tmp_path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -112,16 +113,52 @@ def choice_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _target_params(target: Any) -> list[str] | None:
-    """Parameter names a ``_target_`` accepts as keywords, or ``None`` when it takes ``**kwargs``."""
+# `super().__init__(*args, **kwargs)`: a subclass that hands its other keywords on to its base class.
+_FORWARDS_KWARGS = re.compile(r"super\(\)\.__init__\([^)]*\*\*\w+")
+
+
+def _params(fn: Any) -> tuple[list[str], bool] | None:
+    """Keyword parameter names of ``fn`` and whether it takes ``**kwargs``; ``None`` without a signature."""
     try:
-        sig = inspect.signature(target)
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature: nothing to check against
         return None
-    params = sig.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _forwards_kwargs(init: Any) -> bool:
+    """Whether an ``__init__``'s source hands its ``**kwargs`` to ``super().__init__`` (unreadable: no)."""
+    try:
+        return bool(_FORWARDS_KWARGS.search(inspect.getsource(init)))
+    except (OSError, TypeError):
+        return False
+
+
+def _target_params(target: Any) -> list[str] | None:
+    """Parameter names a ``_target_`` accepts as keywords, or ``None`` when it takes any (``**kwargs``).
+
+    A class whose ``__init__`` takes ``**kwargs`` only to hand them to ``super().__init__`` (a ``DQNModule`` of
+    yours, as ``examples/my_algos.py`` writes it) accepts its own names and its base's: the base is read too, so
+    a typo in a key of your subclass is still named. Any other ``**kwargs`` may take anything: not checked.
+    """
+    if not inspect.isclass(target):
+        found = _params(target)
+        return None if found is None or found[1] else found[0]
+    names: list[str] = []
+    for klass in target.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        init = vars(klass)["__init__"]
+        found = _params(init) if klass is not object else None
+        if found is None:
+            return None
+        names += [n for n in found[0] if n != "self" and n not in names]
+        if not found[1]:
+            return names
+        if not _forwards_kwargs(init):
+            return None
+    return None
 
 
 def target_problems(raw: dict[str, Any]) -> list[str]:
