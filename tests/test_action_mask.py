@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from dqnlab.data.action_masks import action_masks, random_valid_actions
@@ -209,6 +210,7 @@ def test_training_never_takes_an_invalid_action_even_when_it_is_the_greedy_one(m
 
 
 def test_the_knob_turns_masking_off_and_the_tempting_action_is_taken(masked_env, make_cfg):
+    pl.seed_everything(0, verbose=False)  # as run() seeds: the count must not depend on the tests run before it
     parts = build(make_cfg(*SHORT, "collector.action_mask=false"))
     _tempt(parts.module, masked_env.JACKPOT)
     masked_env.STATS.update(steps=0, invalid=0)
@@ -217,7 +219,9 @@ def test_the_knob_turns_masking_off_and_the_tempting_action_is_taken(masked_env,
     finally:
         parts.close()
     assert parts.buffer.masks is None and not parts.module.action_masked and not parts.collector.masked
-    assert masked_env.STATS["invalid"] > 300  # random actions, then the greedy one whenever the jackpot is closed
+    # Random actions, then the greedy one (the jackpot) whenever it is closed, until training unlearns it: more
+    # invalid actions than a uniformly random policy takes (a third of them the jackpot, closed half the time).
+    assert masked_env.STATS["invalid"] > masked_env.STATS["steps"] / 6
 
 
 def test_the_header_and_summary_say_masks_are_used(masked_env, make_cfg, caplog):
