@@ -380,15 +380,9 @@ def _next_files(cfg: DictConfig, parts: Components) -> tuple[Path | None, tuple[
     whether the env can be filmed (``video=true``).
     """
     last = parts.checkpoint.last_path if parts.checkpoint is not None else None
-    play_args = list(play_arguments(cfg.env))
     own_network = network_module(OmegaConf.to_container(cfg, resolve=True))
-    if own_network:
-        allow = next((i for i, a in enumerate(play_args) if a.startswith("allow_module=")), None)
-        if allow is None:
-            play_args.insert(0, f"allow_module={own_network}")
-        else:
-            play_args[allow] += f",{own_network}"
+    play_args = play_arguments(cfg.env, (own_network,) if own_network else ())
     best = parts.checkpoint.best_path if parts.checkpoint is not None else None
     play = best if best is not None and best.is_file() and cfg.eval.get("keep_best") else None
     can_film = render_problem(cfg.env, parts.env.single_observation_space) is None
-    return last, tuple(play_args), play, can_film
+    return last, play_args, play, can_film

@@ -237,12 +237,13 @@ def match_frame_stacking(buffer_cfg: DictConfig, env: VectorEnv) -> None:
         buffer_cfg.stack_padding = str(env.metadata.get("stack_padding", "reset"))
 
 
-def play_arguments(env_cfg: DictConfig) -> tuple[str, ...]:
+def play_arguments(env_cfg: DictConfig, other_modules: tuple[str, ...] = ()) -> tuple[str, ...]:
     """What ``scripts/evaluate.py`` needs on its command line to play this env: the modules of your own that the
-    run imported (``allow_module=`` for wrappers, ``env.id=`` for a ``module:EnvId``), which a file never names
-    for itself.
+    run imported (``allow_module=`` for wrappers and ``other_modules``, such as your network's; ``env.id=`` for a
+    ``module:EnvId``), which a file never names for itself.
     """
     env_id = str(env_cfg.get("id", ""))
     own = env_module(env_id)
-    allow = [m for m in foreign_modules(env_cfg.get("wrappers")) if m != own]
+    allow = [m for m in foreign_modules(env_cfg.get("wrappers")) if m != own]  # env.id= allows the env's module
+    allow += [m for m in other_modules if m not in allow]
     return (*([f"allow_module={','.join(allow)}"] if allow else []), *([f"env.id={env_id}"] if own else []))
