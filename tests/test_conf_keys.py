@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from dqnlab.conf_keys import group_keys, key_of_another_option, unknown_group_key
+from dqnlab.conf_keys import chosen_options, group_keys, key_of_another_option, unknown_group_key
 from dqnlab.errors import EXIT_CONFIG_ERROR
 from dqnlab.run.checks import GROUPS
 from tests.conftest import CONF_DIR, PYTHON, ROOT, compose_cfg
@@ -45,6 +45,16 @@ def test_every_key_of_a_chosen_option_is_accepted_for_it(tmp_path, group, option
     assert [k for k in keys if key_of_another_option(k, {group: option}, CONF_DIR)] == []
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_key_of_an_experiments_options_is_accepted(tmp_path, experiment):
+    # experiment=atari100k picks env=atari (its `override /env`): env.wrappers is refused there, its own keys never.
+    chosen = chosen_options({"experiment": experiment}, CONF_DIR)
+    assert chosen["experiment"] == experiment
+    keys = _second_level_keys(compose_cfg([f"experiment={experiment}"], tmp_path))
+    assert [k for k in keys if key_of_another_option(k, chosen, CONF_DIR)] == []
+    assert chosen_options({"experiment": experiment, "env": "gym"}, CONF_DIR)["env"] == "gym"  # the command line's
+
+
 def test_keys_come_from_group_files_and_global_files(tmp_path):
     (tmp_path / "optimizer").mkdir()
     (tmp_path / "optimizer" / "sgd.yaml").write_text("_target_: torch.optim.SGD\nlr: 0.1\n")
@@ -76,6 +86,7 @@ NESTED_TYPOS = [
     # A key of another option of the group: Hydra's hint `+env.wrappers` would only move the error to the factory.
     (["env=breakout", "env.wrappers=[]"], "env.wrappers is not a setting of env=breakout (conf/env/breakout.yaml)"),
     (["env=breakout", "env.max_episode_frame=100"], "did you mean env.max_episode_frames?"),
+    (["experiment=atari100k", "env.wrappers=[]"], "env.wrappers is not a setting of env=atari (conf/env/atari.yaml)"),
 ]
 
 

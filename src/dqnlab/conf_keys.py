@@ -115,6 +115,21 @@ def option_keys(conf_dir: str, group: str, option: str) -> frozenset[str] | None
     return frozenset(keys)
 
 
+def chosen_options(picks: dict[str, str], conf_dir: str) -> dict[str, str]:
+    """The group options a command line's ``group=option`` picks select, with those its experiment selects
+    (``experiment=atari100k``: ``override /env: atari``, ...); the command line's own picks win, as in Hydra.
+    """
+    chosen: dict[str, str] = {}
+    experiment = Path(conf_dir) / "experiment" / f"{picks.get('experiment', '')}.yaml"
+    if "experiment" in picks and experiment.is_file():
+        data = yaml.load(experiment.read_text(), Loader=_Loader) or {}
+        for entry in data.get("defaults") or [] if isinstance(data, dict) else []:
+            for head, option in entry.items() if isinstance(entry, dict) else []:
+                if str(head).startswith("override /") and isinstance(option, str):
+                    chosen[str(head).removeprefix("override /")] = option
+    return chosen | picks
+
+
 def key_of_another_option(key: str, chosen: dict[str, str], conf_dir: str) -> str | None:
     """``env=breakout env.wrappers=[...]``: a key that other options of the group have but the chosen one does not
     (Hydra's message would suggest ``+env.wrappers``, which the chosen env's factory then refuses).

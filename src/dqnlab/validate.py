@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnlab.checks import Knob, check_knobs, raise_all, select
 from dqnlab.cluster.slurm import check_slurm_launcher
-from dqnlab.conf_keys import key_of_another_option, unknown_group_key
+from dqnlab.conf_keys import chosen_options, key_of_another_option, unknown_group_key
 from dqnlab.data import checks as data_checks
 from dqnlab.envs import checks as env_checks
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
@@ -107,7 +107,8 @@ def refuse_unknown_override_keys(argv: list[str], conf_dir: Path | None = None) 
     if conf_dir is not None and any(arg.split("=")[0] in _CONFIG_SOURCE_FLAGS for arg in argv):
         conf_dir = None  # the user's own config files may give a group any key
     # The group options the command line selects (one each: a sweep over options, env=a,b, checks nothing here).
-    chosen = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in GROUPS and "," not in a)
+    picks = dict(a.split("=", 1) for a in argv if a.split("=", 1)[0] in GROUPS and "," not in a)
+    chosen = chosen_options(picks, str(conf_dir)) if conf_dir is not None else {}
     skip = False
     for arg in argv:
         if skip or arg.startswith("-"):
