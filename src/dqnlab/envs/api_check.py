@@ -132,13 +132,17 @@ def check_env_api(
         return
     entry = spec.entry_point
     creator = entry if callable(entry) else gym.envs.registration.load_env_creator(entry)
+
+    def make() -> Any:
+        return creator(**{**spec.kwargs, **kwargs})
+
     if wrap is None:
-        _check_copy(lambda: creator(**{**spec.kwargs, **kwargs}), name, steps, seed)
+        _check_copy(make, name, steps, seed)
         return
     try:
-        _check_copy(lambda: wrap(creator(**{**spec.kwargs, **kwargs})), f"{name} with its env.wrappers", steps, seed)
+        _check_copy(lambda: wrap(make()), f"{name} with its env.wrappers", steps, seed)
     except Exception:
-        _check_copy(lambda: creator(**{**spec.kwargs, **kwargs}), name, steps, seed)  # the env's own rule, if any
+        _check_copy(make, name, steps, seed)  # the env's own rule, if any, is the one to name
         raise
 
 
