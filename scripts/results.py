@@ -15,6 +15,9 @@ median and mean of the games' means with 95% stratified bootstrap CIs; beside th
 games from their 100 published runs per game (``docs/results/atari100k/reference/``); the band to land in (the
 5th to 95th percentile of DrQ(eps)'s IQM over ``--draws`` draws of as many of its runs per game as ours); and a
 per-game table of raw scores. See ``dqnlab.share.atari100k``.
+
+Last, a table of how each run ran: its code's git commit, machine, torch version, UTC start and end and wall time
+(``summary.json``'s ``provenance``, ``dqnlab.share.records``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from dqnlab.errors import EXIT_CONFIG_ERROR, ArgumentParser, positive_int, print_error
 from dqnlab.share import atari100k, stats
 from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
+from dqnlab.share.records import records_markdown
 
 ATARI100K_REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "results" / "atari100k" / "reference"
 
@@ -304,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         references = {**stats.ENV_SCORES, **dict(args.reference)}
         rows = [group_row(g, args.reps, args.seed) for g in groups]
         text = format_markdown(rows, aggregate_rows(groups, references, args.reps, args.seed), args.metric)
+    text += (
+        "\n\nHow each run ran (summary.json's provenance: the code's git commit, the machine, the UTC start and end;"
+        " the wall time is the run's across its segments, any time its process was paused included):\n\n"
+        + records_markdown(runs)
+    )
     print(text)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)

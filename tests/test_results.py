@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
+from dqnlab.run.provenance import code_version, cpu_model
 from dqnlab.share import stats
 from dqnlab.share.plotting import Run, plot_learning_curves
 from tests.conftest import PYTHON, ROOT
@@ -151,6 +154,33 @@ def test_two_seed_sweep_gives_a_table_row_and_a_png(tmp_path):
     assert cells[5].split(" [")[0] == f"{np.median(finals):.1f}"
     assert md.read_text().strip() == proc.stdout.split("\nlearning curves:")[0].strip()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # How each run ran: this checkout's commit and this machine, from the runs' own summaries.
+    for job in ("0", "1"):
+        (record,) = [line for line in proc.stdout.splitlines() if line.startswith(f"| {job} |")]
+        cells = [c.strip() for c in record.strip("|").split("|")]
+        assert cells[1] == code_version() and cells[2] == f"{cpu_model()}, {os.cpu_count()} CPUs"
+        assert cells[4].startswith(datetime.now(timezone.utc).date().isoformat()) and cells[6] == "1"
+
+
+def test_the_record_of_a_resumed_run_names_each_code_and_what_was_not_recorded(tmp_path):
+    from dqnlab.share.records import record_row
+
+    def entry(code, started, ended, **more):
+        return {"code": code, "machine": "AMD EPYC, 2 CPUs", "torch": "2.13.0", "started_utc": started,
+                "ended_utc": ended, **more}  # fmt: skip
+
+    two = [entry("aaa", "2026-12-07T10:00:00Z", "2026-12-07T11:00:00Z"),
+           entry("bbb", "2026-12-08T09:00:00Z", "2026-12-08T09:30:00Z", gpu="NVIDIA H100")]  # fmt: skip
+    resumed = Run(tmp_path / "pong_s0", (), {"wall_time_s": 5400.4, "segments": 2, "provenance": two}, {})
+    assert record_row(resumed) == [
+        "pong_s0", "aaa then bbb", "AMD EPYC, 2 CPUs (NVIDIA H100)", "2.13.0",
+        "2026-12-07T10:00:00Z to 2026-12-08T09:30:00Z", "5,400", "2",
+    ]  # fmt: skip
+    # Resumed from a checkpoint of older code: its first segment is not listed, and the row says so.
+    partly = Run(tmp_path / "r", (), {"wall_time_s": 10.0, "segments": 3, "provenance": two[1:]}, {})
+    assert record_row(partly)[4].endswith("(the first 2 of 3 segments not recorded)")
+    older = Run(tmp_path / "old", (), {"wall_time_s": 6524.0}, {})  # a summary from before provenance
+    assert record_row(older) == ["old"] + ["not recorded"] * 4 + ["6,524", "not recorded"]
 
 
 # ---------------------------------------------------------------------------------------------- Atari 100k

@@ -11,9 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from dqnlab.errors import ConfigError
+from dqnlab.run.provenance import code_version
 from dqnlab.run.resume_config import may_change, named_keys, restore_config
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
@@ -98,6 +100,13 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
     earlier = json.loads(first_summary)["wall_time_s"]  # the first segment's time up to its last checkpoint
     assert earlier - 2.0 <= summary["wall_time_s"] - summary["segment_wall_time_s"] <= earlier
     assert "6,000 env steps" in out and "over 2 segments (this one: 3,000 env steps in" in out
+    # Where and with what each segment ran: the first one's entry came back from the checkpoint, unchanged.
+    (first_entry,) = json.loads(first_summary)["provenance"]
+    earlier_entry, this_entry = summary["provenance"]
+    assert earlier_entry["started_utc"] == first_entry["started_utc"]
+    assert earlier_entry["ended_utc"] <= this_entry["started_utc"] <= this_entry["ended_utc"]
+    assert {e["code"] for e in summary["provenance"]} == {code_version()} and this_entry["torch"] == torch.__version__
+    assert f"ran by: code {code_version()}, torch {torch.__version__}" in out
     assert config.env.id == "Acrobot-v1" and config.target.interval == 100 and config.target.tau == 1.0
     # Exploration goes on where it stood (0.9 x 3,000 env steps), not stretched over the new budget.
     later = [float(r["rollout/epsilon"]) for r in rows if r.get("rollout/epsilon") and float(r["env_steps"]) > 3000]
@@ -159,3 +168,25 @@ def test_a_resume_is_checked_against_the_runs_config_not_todays_defaults(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "more" / "summary.json").read_text())
     assert summary["env_steps"] == 2000
+
+
+# ------------------------------------------------------------------ provenance
+def test_the_code_version_is_the_checkouts_commit_and_a_copy_says_it_is_none(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout
+
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    assert code_version() == git("rev-parse", "--short=12", "HEAD").strip() + ("+modified" if dirty else "")
+    # dqnlab installed into a venv inside a git repository of yours: not your repository's commit.
+    project = tmp_path / "project"
+    site = project / ".venv" / "lib" / "site-packages"
+    shutil.copytree(ROOT / "src" / "dqnlab", site / "dqnlab", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    (project / "README").write_text("a project of yours\n")
+    commit = ["git", "-C", str(project), "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "first"]
+    subprocess.run(["git", "-C", str(project), "add", "README"], check=True)
+    subprocess.run(commit, check=True)
+    code = "from dqnlab.run.provenance import code_version; print(code_version())"
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env, cwd=project, check=True)
+    assert out.stdout.strip() == "dqnlab 0.1.0 (not a git checkout)"

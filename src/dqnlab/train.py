@@ -44,6 +44,8 @@ from dqnlab.run.ckpt_file import check_checkpoint, peek_checkpoint
 from dqnlab.run.evaluation import Evaluator
 from dqnlab.run.nonfinite import NonFiniteGuard
 from dqnlab.run.progress import EnvStepProgressBar
+from dqnlab.run.provenance import describe as describe_provenance
+from dqnlab.run.provenance import segment_start
 from dqnlab.run.report import as_counts, cpu_hint, describe_run, describe_update, format_summary, update_summary
 from dqnlab.run.resume import ResumeState
 from dqnlab.run.resume_config import restore_config
@@ -306,9 +308,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         stop.install()
         parts = builder(cfg, stop)
         # The run's wall time counts from here on (and across segments: ResumeState adds the earlier ones).
-        next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState)).started = t_start
-        device = resolve_device(cfg.trainer.get("accelerator", "auto")).type
+        resume_state = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState))
+        resume_state.started = t_start
+        torch_device = resolve_device(cfg.trainer.get("accelerator", "auto"))
+        device = torch_device.type
+        resume_state.segment = segment_start(torch_device)
         log.info("%s", describe_run(cfg, device))
+        log.info("%s", describe_provenance(resume_state.segment))
         for line in describe_update(cfg, parts.module):
             log.info("%s", line)
         if type(parts.collector).act is not EnvStepper.act:  # an exploration policy of your own
@@ -343,7 +349,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("the run had finished before: %s is left as it was", SUMMARY_FILE)
         log.info("%s", format_summary(summary, out_dir, *_next_files(cfg, parts)))
         return summary
-    resumed = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState)).totals()
+    resume_state = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState))
+    resumed = resume_state.totals()
     summary: dict[str, Any] = {
         **parts.evaluator.final,
         "env_steps": float(collector.env_steps),
@@ -363,6 +370,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         **({"refill_env_steps": collector.refill_env_steps} if collector.refill_env_steps else {}),
         "update_path": parts.module.update_path,  # cuda_graph, or eager (the CPU, or a failed recording)
         **update_summary(cfg, parts.module),
+        "provenance": resume_state.provenance(),  # per segment: code version, machine, versions, UTC start and end
     }
     if resumed["segments"] > 1:  # this segment's own share, beside the run's totals
         segment = {"segment_env_steps": segment_steps, "segment_wall_time_s": time.perf_counter() - t_start}

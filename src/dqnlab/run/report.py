@@ -63,9 +63,11 @@ def _protocol_kept(cfg: DictConfig) -> str | None:
     return None
 
 
-# summary.json's keys that differ between a resumed run and the same run never stopped: the timings, and how many
-# segments (processes) the run took with the last one's share.
-TIMING_KEYS = frozenset({"wall_time_s", "env_steps_per_s", "segments", "segment_env_steps", "segment_wall_time_s"})
+# summary.json's keys that differ between a resumed run and the same run never stopped: the timings, how many
+# segments (processes) the run took with the last one's share, and where and when they ran.
+TIMING_KEYS = frozenset(
+    {"wall_time_s", "env_steps_per_s", "segments", "segment_env_steps", "segment_wall_time_s", "provenance"}
+)
 
 
 def describe_update(cfg: DictConfig, module: Any) -> list[str]:

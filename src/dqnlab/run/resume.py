@@ -21,6 +21,7 @@ from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 from pytorch_lightning.callbacks import Callback
 
 from dqnlab.data.collect import EnvStepper
+from dqnlab.run.provenance import segment_end
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ class ResumeState(Callback):
         self.started = time.perf_counter()
         self.earlier_wall_s = 0.0
         self.earlier_segments = 0
+        # Where and with what code each segment ran (run/provenance.py): the earlier ones from the checkpoint, and
+        # this process's (set by train.run once the device is known).
+        self.earlier_provenance: list[dict[str, Any]] = []
+        self.segment: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """RNG states and the env state (``None`` when the env cannot be saved)."""
@@ -144,7 +149,7 @@ class ResumeState(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Store the resolved config where ``scripts/evaluate.py`` finds it."""
-        checkpoint["dqnlab"] = {"config": self.config, "format": 1, **self.totals()}
+        checkpoint["dqnlab"] = {"config": self.config, "format": 1, **self.totals(), "provenance": self.provenance()}
 
     def totals(self) -> dict[str, float | int]:
         """The run's wall time until now across its segments (this process is one), and how many there are."""
@@ -152,6 +157,10 @@ class ResumeState(Callback):
             "wall_time_s": self.earlier_wall_s + time.perf_counter() - self.started,
             "segments": self.earlier_segments + 1,
         }
+
+    def provenance(self) -> list[dict[str, Any]]:
+        """``summary.json``'s ``provenance``: the earlier segments' entries, then this one's, ended now."""
+        return self.earlier_provenance + ([segment_end(self.segment)] if self.segment is not None else [])
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Note the resume and whether the checkpoint holds the replay buffer (``checkpoint.save_buffer``).
@@ -165,6 +174,8 @@ class ResumeState(Callback):
         # Checkpoints older than this count: their segments' time is unknown (0 s, one segment).
         self.earlier_wall_s = float(meta.get("wall_time_s", 0.0))
         self.earlier_segments = int(meta.get("segments", 1))
+        # Checkpoints older than provenance: their segments are not listed (``segments`` still counts them).
+        self.earlier_provenance = list(meta.get("provenance", []))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a resume whose env or buffer was not saved, start new episodes (and refill the buffer)."""
