@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 from dqnlab.errors import ArgumentParser  # light: one error line for a bad argument
+from dqnlab.startup import imports_without_gc
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # pygame greets on stdout, which is for the JSON line
 
@@ -104,9 +105,10 @@ def parse_args(argv: list[str]) -> tuple[Path, dict]:
 def main(argv: list[str] | None = None) -> int:
     checkpoint, settings = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
-    from dqnlab.run.ckpt_file import which_network
-    from dqnlab.share.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
+    with imports_without_gc(freeze=argv is None):  # frozen only in the script's own process
+        from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
+        from dqnlab.run.ckpt_file import which_network
+        from dqnlab.share.playback import evaluate_agent, load_agent  # torch loads after the arguments are known good
 
     if settings.get("video") and "video_dir" not in settings:
         run_dir = checkpoint.resolve().parent.parent if checkpoint.parent.name == "checkpoints" else Path(".")

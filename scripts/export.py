@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from dqnlab.errors import ArgumentParser  # light: one error line for a bad argument
+from dqnlab.startup import imports_without_gc
 
 
 def _source_checkpoint(source: Path) -> Path:
@@ -45,12 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     if not ckpt.is_file():
         parser.error(f"{ckpt} is not a file: pass a run dir (with checkpoints/last.ckpt), or a .ckpt file")
 
-    from omegaconf import OmegaConf  # torch loads after the arguments are known good
+    with imports_without_gc(freeze=argv is None):  # frozen only in the script's own process
+        from omegaconf import OmegaConf  # torch loads after the arguments are known good
 
-    from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
-    from dqnlab.run.ckpt_file import which_network
-    from dqnlab.share.agent_file import write_agent_file
-    from dqnlab.share.playback import read_checkpoint
+        from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, print_error
+        from dqnlab.run.ckpt_file import which_network
+        from dqnlab.share.agent_file import write_agent_file
+        from dqnlab.share.playback import read_checkpoint
 
     out = args.out or _default_out(ckpt)
     try:

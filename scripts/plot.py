@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dqnlab.errors import ArgumentParser  # light: one error line for a bad argument
+from dqnlab.startup import imports_without_gc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--center", choices=["mean", "iqm"], default="mean", help="line over seeds (and its band)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from dqnlab.share.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
+    with imports_without_gc(freeze=argv is None):  # frozen only in the script's own process
+        from dqnlab.share.plotting import find_run_dirs, format_table, load_run, plot_learning_curves, results_table
 
     run_dirs = find_run_dirs(args.dirs)
     if not run_dirs:

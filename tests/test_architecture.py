@@ -25,6 +25,7 @@ FLOORS: dict[str, int] = {
     "dqnlab.checks": 0,
     "dqnlab.legacy": 0,
     "dqnlab.conf_keys": 0,
+    "dqnlab.startup": 0,
     "dqnlab.envs": 1,
     "dqnlab.data": 1,
     "dqnlab.learn": 1,

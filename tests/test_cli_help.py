@@ -107,3 +107,22 @@ def test_help_into_a_closed_pipe_stops_quietly() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141, err  # 128 + SIGPIPE, as a Unix tool killed by it
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_scripts_heavy_imports_run_without_gc_and_only_its_own_process_freezes() -> None:
+    import gc
+
+    from dqnlab.startup import imports_without_gc
+
+    frozen = gc.get_freeze_count()
+    with imports_without_gc(freeze=False):  # as when a test calls a script's main(argv) in-process
+        assert not gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    # In the script's own process: what the imports created is frozen (later collections skip it), GC back on.
+    code = (
+        "import gc; from dqnlab.startup import imports_without_gc\n"
+        "with imports_without_gc():\n    import torch\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 100_000)"
+    )
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert proc.stdout.split() == ["True", "True"]
