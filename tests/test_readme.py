@@ -1,4 +1,4 @@
-"""Every command of README.md and docs/workflow.md, run as written with only a smoke overlay appended.
+"""Every command of README.md and docs/, run as written with only a smoke overlay appended.
 
 A command is a line of a fenced block that starts with ``python``, ``.venv/bin/python``, ``make`` or
 ``VAR=value python`` (lines ending in ``\\`` continue). Each runs in a shell, in a temporary copy of the
@@ -9,9 +9,11 @@ traceback. The overlay only shortens the run:
 - ``python train.py ...``: ``debug=smoke`` appended, the smoke value re-appended for any key of
   ``conf/debug/smoke.yaml`` the command sets itself (``env_steps=50000``), and 2 trials for an Optuna search;
 - ``scripts/benchmark.py``: ``--quick``; ``make <target> ARGS="..."``: the same overlay inside ``ARGS``;
+- an agent file ``scripts/evaluate.py`` plays (``agent.safetensors``) is exported from such a run first;
 - a run dir or checkpoint the command reads (``outputs/run1/checkpoints/last.ckpt``,
   ``outputs/<date>/<time>``, ``multirun/<date>/<time>``, ``<checkpoint>``) is put at that path in the copy first:
-  a ``debug=smoke`` run (a ``-m seed=0,1`` sweep for ``multirun/...``), made once per test worker and copied;
+  a ``debug=smoke`` run (a ``-m seed=0,1`` sweep for ``multirun/...``), made once per test worker and copied
+  (with the command's ``VAR=value`` prefix, and the env an ``evaluate.py ... env.id=`` command names);
   placeholders become ``2026-12-01/12-00-00``.
 
 A command that cannot run here carries ``# not in CI: <reason>`` in the docs and is skipped with that reason;
@@ -33,7 +35,18 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/workflow.md"]
+# Every doc with commands to type; docs/extending.md's run in tests/test_extending_docs.py (with the files they
+# write), and docs/architecture.md's block is a diagram of the package, not commands.
+DOCS = [
+    "README.md",
+    "docs/workflow.md",
+    "docs/configuration.md",
+    "docs/atari.md",
+    "docs/results.md",
+    "docs/robustness.md",
+    "docs/benchmarks.md",
+]
+ELSEWHERE = {"docs/extending.md": "tests/test_extending_docs.py", "docs/architecture.md": "a diagram, not commands"}
 MARKER = re.compile(r"\bnot in CI:\s*(?P<reason>.+?)\s*$")
 COMMAND = re.compile(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:python|\.venv/bin/python|make)(?:\s|$)")
 PLACEHOLDERS = {
@@ -41,10 +54,11 @@ PLACEHOLDERS = {
     "<checkpoint>": "outputs/2026-12-01/12-00-00/checkpoints/last.ckpt",
     "<date>": "2026-12-01",
     "<time>": "12-00-00",
+    "<dir>": "outputs/2026-12-01/12-00-00",
 }
 # A path a command reads: a run dir under outputs/ (up to checkpoints/, wandb/, videos/) or a sweep dir.
 RUN_REF = re.compile(
-    r"(?<![\w./-])(?P<dir>(?:outputs|multirun)/[^\s'\"]+?)(?=/checkpoints/|/wandb/|/videos/|[\s'\"]|$)"
+    r"(?<![\w./-])(?P<dir>(?:outputs|multirun|runs)/[^\s'\"]+?)(?=/checkpoints/|/wandb/|/videos/|[\s'\"]|$)"
 )
 SMOKE_RUN = ["debug=smoke"]
 SMOKE_SWEEP = ["-m", "seed=0,1", "debug=smoke"]
@@ -77,11 +91,21 @@ def _split_comment(line: str) -> tuple[str, str]:
     return line.rstrip(), ""
 
 
+def _open_quote(text: str) -> bool:
+    """Whether ``text`` ends inside a quoted string (its command goes on over the next lines)."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError as err:  # also "No escaped character": a trailing backslash, handled as a continuation
+        return "quotation" in str(err)
+    return False
+
+
 def extract_commands(doc: str) -> list[Command]:
     """Every command line of the fenced blocks of ``doc`` (relative to the repository root)."""
     commands = []
     in_block = False
     pending: tuple[int, str] | None = None
+    quoted = False  # the pending line left a quote open (``python -c "`` over several lines): keep its newlines
     for number, raw in enumerate((ROOT / doc).read_text().splitlines(), start=1):
         if raw.lstrip().startswith("```"):
             in_block, pending = not in_block, None
@@ -90,9 +114,13 @@ def extract_commands(doc: str) -> list[Command]:
             continue
         if pending is not None:  # a continuation of the line above
             start, text = pending
-            text = text + " " + raw.strip()
+            text = text + "\n" + raw if quoted else text + " " + raw.strip()
         else:
             start, text = number, raw.strip()
+        quoted = COMMAND.match(text) is not None and _open_quote(text)
+        if quoted:
+            pending = (start, text)
+            continue
         code, _ = _split_comment(text)
         if code.endswith("\\"):
             pending = (start, text[: text.rindex("\\")].rstrip())
@@ -172,8 +200,10 @@ def substitute(text: str) -> str:
 
 
 def prerequisites(text: str) -> list[str]:
-    """Run dirs and sweep dirs the command reads, to be made first (a bare ``hydra.run.dir=`` is written)."""
-    written = re.search(r"hydra\.run\.dir=(\S+)", text)
+    """Run dirs and sweep dirs the command reads, to be made first (a bare ``hydra.run.dir=`` or
+    ``hydra.sweep.dir=`` is written, not read).
+    """
+    written = re.search(r"hydra\.(?:run|sweep)\.dir=(\S+)", text)
     resumes = "ckpt_path=" in text
     refs = []
     for match in RUN_REF.finditer(text):
@@ -211,8 +241,10 @@ def _repo_copy(tmp_path: Path) -> Path:
     copy.mkdir()
     shutil.copy2(ROOT / "train.py", copy / "train.py")
     shutil.copytree(ROOT / "scripts", copy / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("conf", "Makefile", "pyproject.toml"):
+    for name in ("conf", "Makefile", "pyproject.toml", "tests"):  # tests/envs: the docs' example envs
         (copy / name).symlink_to(ROOT / name)
+    # docs/: what results.py reads (docs/results/) and benchmark.py --append writes: a copy, never the real one.
+    shutil.copytree(ROOT / "docs", copy / "docs")
     (copy / ".venv").symlink_to(Path(sys.prefix))
     return copy
 
@@ -230,20 +262,50 @@ def made_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": tmp_path_factory.mktemp("made_runs")}
 
 
-def _make_prerequisite(ref: str, cwd: Path, made: dict[str, Path]) -> None:
+def agent_files(text: str) -> list[str]:
+    """Agent files ``scripts/evaluate.py`` plays in the command (``agent.safetensors``), to be exported first."""
+    words = shlex.split(text)
+    if not any(w.endswith("scripts/evaluate.py") for w in words):
+        return []
+    return [w for w in words if w.endswith(".safetensors")]
+
+
+def _make_agent_file(path: str, cwd: Path, made: dict[str, Path]) -> None:
+    if (cwd / path).exists():
+        return
+    _make_prerequisite("outputs/agent_source", cwd, made)  # the smoke run, exported as the docs export theirs
+    command = shlex.join(["python", "scripts/export.py", "outputs/agent_source", path])
+    _check(_run(command, cwd), f"making the agent file the command plays: {command}")
+
+
+def run_source(command: str) -> tuple[str, list[str]]:
+    """What the run a command reads must have been trained with: the command's ``VAR=value`` prefix
+    (``PYTHONPATH=tests/envs``) and, for ``scripts/evaluate.py ... env.id=<module:Id>``, that env.
+    """
+    words = shlex.split(command)
+    first = next(i for i, w in enumerate(words) if not re.match(r"^[A-Z_][A-Z0-9_]*=", w))
+    prefix = " ".join(words[:first])
+    plays = any(w.endswith("scripts/evaluate.py") for w in words)
+    env_id = next((w for w in words if w.startswith("env.id=")), None) if plays else None
+    return prefix, ["env=gym", env_id] if env_id else []
+
+
+def _make_prerequisite(ref: str, cwd: Path, made: dict[str, Path], source: tuple[str, list[str]] = ("", [])) -> None:
     if (cwd / ref).exists():
         return
-    kind = "multirun" if ref.startswith("multirun/") else "run"
-    if kind not in made:
-        target = made["root"] / kind
+    prefix, env_args = source
+    kind = "multirun" if ref.startswith(("multirun/", "runs/")) else "run"  # runs/<name>: a sweep dir in the docs
+    key = " ".join([kind, prefix, *env_args])
+    if key not in made:
+        target = made["root"] / f"{kind}{len(made)}"
         if kind == "multirun":
-            args = [*SMOKE_SWEEP, f"hydra.sweep.dir={target}"]
+            args = [*SMOKE_SWEEP, *env_args, f"hydra.sweep.dir={target}"]
         else:
-            args = [*SMOKE_RUN, f"hydra.run.dir={target}"]
-        command = shlex.join(["python", "train.py", *args])
+            args = [*SMOKE_RUN, *env_args, f"hydra.run.dir={target}"]
+        command = " ".join(filter(None, [prefix, shlex.join(["python", "train.py", *args])]))
         _check(_run(command, cwd), f"making the run dir the command reads: {command}")
-        made[kind] = target
-    shutil.copytree(made[kind], cwd / ref)
+        made[key] = target
+    shutil.copytree(made[key], cwd / ref)
 
 
 COMMANDS = _all_commands()
@@ -252,6 +314,9 @@ COMMANDS = _all_commands()
 def test_the_docs_have_commands():
     docs = {c.doc for c in COMMANDS}
     assert docs == set(DOCS), f"no command blocks found in {set(DOCS) - docs}"
+    # A new doc with commands is run here or says where it is run.
+    with_commands = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md") if extract_commands(f"docs/{p.name}")}
+    assert with_commands <= set(DOCS) | set(ELSEWHERE), f"commands not run by any test: {with_commands - set(DOCS)}"
 
 
 @pytest.mark.slow
@@ -272,5 +337,7 @@ def test_documented_command_runs(cmd: Command, tmp_path: Path, made_runs: dict[s
         if dry.returncode != 0 or "pip" in dry.stdout:
             pytest.skip(f"`{command}` would install first: no .venv/.dqnlab-installed newer than pyproject.toml")
     for ref in prerequisites(command):
-        _make_prerequisite(ref, cwd, made_runs)
+        _make_prerequisite(ref, cwd, made_runs, run_source(command))
+    for path in agent_files(command):
+        _make_agent_file(path, cwd, made_runs)
     _check(_run(command, cwd), f"{cmd.doc}:{cmd.line}: `{cmd.text}`\nran as: {command}")
