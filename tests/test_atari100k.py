@@ -19,7 +19,7 @@ from dqnlab.data.collect import EnvStepper
 from dqnlab.data.dataset import Batch
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
-from dqnlab.learn.fast.cpu_compute import Compute, bf16_instructions, candidates, choose
+from dqnlab.learn.fast.cpu_compute import MIN_UPDATES_TO_MEASURE, Compute, bf16_instructions, candidates, choose, pick
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import NatureCNN
 from dqnlab.learn.target import TargetNetworkSync
@@ -174,6 +174,18 @@ def test_choose_measures_every_candidate_and_leaves_the_network_alone() -> None:
     assert choose(net, (4, 84, 84), 8, [(False, True)]) == Compute(False, True, {})  # one candidate: no timing
 
 
+def test_a_run_too_short_to_repay_measuring_takes_the_first_candidate_and_says_why() -> None:
+    net = NatureCNN((4, 84, 84), 6)
+    cpu = torch.device("cpu")
+    short = pick(net, cpu, (4, 84, 84), 32, "auto", "auto", updates=MIN_UPDATES_TO_MEASURE - 1)
+    assert short == Compute(False, False, {}, "not measured: 999 updates, fewer than the 1,000 that repay measuring")
+    assert short.describe() == f"fp32 NCHW ({short.unmeasured})"
+    if bf16_instructions():  # a forced precision is kept: its first layout
+        assert pick(net, cpu, (4, 84, 84), 32, "bf16", "auto", updates=10)[:2] == (True, False)
+    assert pick(net, cpu, (4, 84, 84), 32, "fp32", False, updates=10) == Compute(False, False, {})  # no choice
+    assert len(pick(net, cpu, (4, 84, 84), 8, "fp32", "auto", updates=MIN_UPDATES_TO_MEASURE).measured_ms) == 2
+
+
 @pytest.mark.skipif(not bf16_instructions(), reason="this CPU has no bf16 instructions")
 def test_bf16_q_values_stay_close_to_fp32_and_come_back_as_fp32() -> None:
     torch.manual_seed(0)
@@ -239,7 +251,8 @@ def test_smoke_run_says_how_it_computes_and_resumes_the_same_way(ale: Any, tmp_p
     summary = json.loads((run_dir / "summary.json").read_text())
     log = (run_dir / "train.log").read_text()
     (line,) = [x for x in log.splitlines() if "update: autograd" in x]  # the Nature CNN: autograd, measured compute
-    assert f"; {summary['update_compute']} (fastest measured" in line and "augmentation DrQAugment(pad=4" in line
+    # 75 updates: too few to repay the start-up measurement, so float32 NCHW, unmeasured, and the header says why.
+    assert "; fp32 NCHW (not measured: 75 updates, fewer than the 1,000" in line and "DrQAugment(pad=4" in line
     assert summary["protocol"] == "atari100k" and summary["protocol_kept"] is False
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     bf16, last = ckpt["dqn_compute"]["bf16"], ckpt["dqn_compute"]["channels_last"]

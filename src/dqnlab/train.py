@@ -153,7 +153,6 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
         module: DQNModule = instantiate(
             cfg.algo, network=network, optimizer=instantiate(cfg.optimizer), augment=augment
         )
-        module.pick_compute(device, tuple(obs_space.shape))  # a conv net on a CPU: fp32 or bf16, measured
 
         buffer_device = device if cfg.buffer.get("device", "auto") == "auto" else cfg.buffer.device
         buffer: ReplayBuffer = instantiate(
@@ -172,6 +171,8 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
         collector: EnvStepper = instantiate(
             cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps, seed=cfg.seed
         )
+        # A conv net on a CPU: fp32 or bf16, measured (unless the run is too short to repay measuring).
+        module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps)
         evaluator: Evaluator = instantiate(
             cfg.eval,
             env_factory=env_factory,

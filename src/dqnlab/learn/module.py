@@ -184,11 +184,13 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         # Uniform replay's loss weights are all ones: the hand-written update then skips multiplying by them.
         self._weights_are_ones = self._update_priorities is None
 
-    def pick_compute(self, device: torch.device, obs_shape: tuple[int, ...]) -> Compute:
-        """Choose how the networks compute (:func:`dqnlab.learn.fast.cpu_compute.pick`), measuring on a CPU."""
-        compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last)
+    def pick_compute(self, device: torch.device, obs_shape: tuple[int, ...], updates: int | None = None) -> Compute:
+        """Choose how the networks compute (:func:`dqnlab.learn.fast.cpu_compute.pick`), measuring on a CPU a run
+        of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``.
+        """
+        compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
-        if compute.measured_ms or compute.bf16 or compute.channels_last:
+        if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:
             self._set_compute(compute)
         return self.compute
 

@@ -25,15 +25,22 @@ from torch import nn
 from dqnlab.errors import ConfigError
 
 BF16_MARGIN = 0.9  # bf16 must take at most this fraction of the best float32 time to be chosen
+# The measurement runs 11 double-batch updates per candidate (2 warm-up, 9 timed): about 90 updates' work for the
+# four candidates. Even the largest saving measured (bf16 halving the update) repays that only over ~180 updates,
+# so a run of fewer than ten times that takes the first candidate (float32 NCHW where it is allowed) unmeasured.
+MIN_UPDATES_TO_MEASURE = 1_000
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Compute(NamedTuple):
-    """The chosen way, and the median milliseconds per update of every candidate measured (empty: none)."""
+    """The chosen way, the median milliseconds per update of every candidate measured (empty: none), and why
+    nothing was measured when there was a choice.
+    """
 
     bf16: bool
     channels_last: bool
     measured_ms: dict[str, float]
+    unmeasured: str = ""
 
     @property
     def name(self) -> str:
@@ -42,6 +49,8 @@ class Compute(NamedTuple):
 
     def describe(self) -> str:
         """For the run header: what runs and why."""
+        if self.unmeasured:
+            return f"{self.name} ({self.unmeasured})"
         if not self.measured_ms:
             return self.name
         times = ", ".join(f"{k} {v:.1f} ms" for k, v in self.measured_ms.items())
@@ -130,10 +139,13 @@ def pick(
     batch_size: int,
     precision: str,
     channels_last: bool | str,
+    updates: int | None = None,
 ) -> Compute:
     """The way ``network`` computes its update: measured among what the knobs allow on a CPU, float32 elsewhere.
 
-    Only networks with ``set_compute`` (the Nature CNN) on a CPU have a choice; the others run float32.
+    Only networks with ``set_compute`` (the Nature CNN) on a CPU have a choice; the others run float32. A run of
+    fewer than :data:`MIN_UPDATES_TO_MEASURE` ``updates`` (a smoke run) takes the first candidate unmeasured: the
+    measurement would cost more than it could save.
 
     Raises:
         ConfigError: ``algo.precision=bf16`` where it cannot run (another network, a GPU, no bf16 instructions).
@@ -145,4 +157,8 @@ def pick(
             where = "a GPU" if settable else f"network {type(network).__name__}"
             raise ConfigError(f"algo.precision=bf16 is for the Nature CNN's update on a CPU, not {where}: use auto")
         return Compute(False, False, {})
-    return choose(network, obs_shape, batch_size, candidates(precision, channels_last))
+    pairs = candidates(precision, channels_last)
+    if len(pairs) > 1 and updates is not None and updates < MIN_UPDATES_TO_MEASURE:
+        why = f"not measured: {updates:,} updates, fewer than the {MIN_UPDATES_TO_MEASURE:,} that repay measuring"
+        return Compute(*pairs[0], {}, why)
+    return choose(network, obs_shape, batch_size, pairs)
