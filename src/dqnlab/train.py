@@ -45,7 +45,7 @@ from dqnlab.run.evaluation import Evaluator
 from dqnlab.run.nonfinite import NonFiniteGuard
 from dqnlab.run.progress import EnvStepProgressBar
 from dqnlab.run.provenance import describe as describe_provenance
-from dqnlab.run.provenance import segment_start
+from dqnlab.run.provenance import segment_start, utc_now
 from dqnlab.run.report import as_counts, cpu_hint, describe_run, describe_update, format_summary, update_summary
 from dqnlab.run.resume import ResumeState
 from dqnlab.run.resume_config import restore_config
@@ -269,7 +269,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         Final metrics, the same dict as ``summary.json``: ``eval/return_mean`` and friends, counters and
         throughput. Hydra sweepers optimise a key of it.
     """
-    t_start = time.perf_counter()
+    t_start, started_utc = time.perf_counter(), utc_now()  # the segment's start, as wall time and in UTC
     if not cfg.get("ckpt_path"):  # a resume checks the run's own config once restored (restore_run_config)
         validate_config(cfg)  # fail in a second with the key and the fix, not minutes later in a traceback
     else:
@@ -313,7 +313,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         resume_state.started = t_start
         torch_device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         device = torch_device.type
-        resume_state.segment = segment_start(torch_device)
+        resume_state.segment = segment_start(torch_device, started_utc)
         log.info("%s", describe_run(cfg, device))
         log.info("%s", describe_provenance(resume_state.segment))
         for line in describe_update(cfg, parts.module):
@@ -350,7 +350,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("the run had finished before: %s is left as it was", SUMMARY_FILE)
         log.info("%s", format_summary(summary, out_dir, *_next_files(cfg, parts)))
         return summary
-    resume_state = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState))
     resumed = resume_state.totals()
     summary: dict[str, Any] = {
         **parts.evaluator.final,

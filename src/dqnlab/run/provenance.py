@@ -73,10 +73,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def segment_start(device: torch.device) -> dict[str, Any]:
-    """The entry of ``provenance`` for the segment this process runs, without its end (:func:`segment_end`)."""
+def segment_start(device: torch.device, started_utc: str | None = None) -> dict[str, Any]:
+    """The entry of ``provenance`` for the segment this process runs (from ``started_utc``, default now), without
+    its end (:func:`segment_end`).
+    """
     entry: dict[str, Any] = {
-        "started_utc": utc_now(),
+        "started_utc": started_utc or utc_now(),
         "code": code_version(),
         "dqnlab": dqnlab.__version__,
         "python": platform.python_version(),

@@ -25,9 +25,9 @@ from torch import nn
 from dqnlab.errors import ConfigError
 
 BF16_MARGIN = 0.9  # bf16 must take at most this fraction of the best float32 time to be chosen
-# The measurement runs 11 double-batch updates per candidate (2 warm-up, 9 timed): about 90 updates' work for the
-# four candidates. Even the largest saving measured (bf16 halving the update) repays that only over ~180 updates,
-# so a run of fewer than ten times that takes the first candidate (float32 NCHW where it is allowed) unmeasured.
+# The measurement runs one update's network work 11 times per candidate (2 warm-up, 9 timed): 44 updates' work for
+# the four candidates. Even the largest saving measured (bf16 halving the update) repays that only over ~90 updates,
+# so a run of fewer than about ten times that takes the first candidate (float32 NCHW where allowed) unmeasured.
 MIN_UPDATES_TO_MEASURE = 1_000
 PRECISIONS = ("auto", "fp32", "bf16")
 
