@@ -266,3 +266,20 @@ def test_augment_on_a_vector_env_is_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "augment" in errors[0] and "(4,)" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused once the env exists: no run dir left behind
+
+
+@pytest.mark.atari
+def test_the_benchmark_sweep_repeated_resumes_and_leaves_finished_runs_alone(ale: Any, tmp_path: Path) -> None:
+    # docs/atari.md's command for the pre-registered subset, on one game at smoke size: one run dir per game and
+    # seed, and the same command again (after a killed session, a reboot) continues each run where it stood.
+    sweep = tmp_path / "atari100k"
+    command = [PYTHON, "train.py", "-m", "experiment=atari100k", "env.game=pong", "seed=0", "ckpt_path=last",
+               f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${env.game}_s${seed}", "debug=smoke",
+               "progress_bar=false"]  # fmt: skip
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = (sweep / "pong_s0" / "summary.json").read_bytes()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]  # it was refused: buffer.frame_stack=1 (the run's: 4)
+    assert "summary.json is left as it was" in again.stdout + again.stderr
+    assert (sweep / "pong_s0" / "summary.json").read_bytes() == summary

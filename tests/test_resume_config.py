@@ -69,7 +69,37 @@ def test_restore_keeps_the_runs_values_and_reroots_its_paths(tmp_path: Path) -> 
         restore_config(other_seed, saved, ["ckpt_path=x.ckpt", "seed=5"])
 
 
+def test_the_runs_own_command_repeated_keeps_what_the_run_set_for_itself(tmp_path: Path) -> None:
+    # What an Atari run's checkpoint holds after one resume: the env's frame stacking (set at build) and the
+    # epsilon ramp fixed in env steps (set by that resume); the command line composes the defaults there again.
+    command = ["experiment=atari100k", "env.game=breakout", "seed=1", "ckpt_path=last"]
+    run = compose_cfg(command, tmp_path / "old")
+    saved = OmegaConf.to_container(run, resolve=True)
+    saved["buffer"] |= {"frame_stack": 4, "stack_padding": "zero"}
+    saved["collector"]["exploration_steps"] = 5000
+    again = compose_cfg(command, tmp_path / "new")
+    assert again.buffer.frame_stack == 1 and again.buffer.stack_padding == "reset"  # the defaults: "from the env"
+    restored, changed = restore_config(again, saved, command)
+    assert restored.buffer.frame_stack == 4 and restored.buffer.stack_padding == "zero" and changed == []
+    assert restored.collector.exploration_steps == 5000
+    # Named one by one, such a key is a change like any other: refused.
+    other = compose_cfg([*command, "buffer.frame_stack=8"], tmp_path / "new")
+    with pytest.raises(ConfigError, match=r"cannot change buffer\.frame_stack=8 \(the run's: 4\)"):
+        restore_config(other, saved, [*command, "buffer.frame_stack=8"])
+
+
 # ------------------------------------------------------------------ end to end, as a user types it
+@pytest.mark.slow
+def test_a_run_extended_twice_with_its_own_overrides_goes_on(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for env_steps, said in [(400, None), (800, "400 -> 800"), (1200, "800 -> 1200")]:
+        proc = _train("debug=smoke", f"hydra.run.dir={run_dir}", "ckpt_path=last", f"env_steps={env_steps}")
+        assert proc.returncode == 0, proc.stderr[-3000:]  # the third was refused: exploration_steps=None (80)
+        assert said is None or f"changed env_steps: {said}" in proc.stdout + proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 1200 and summary["segments"] == 3 and len(summary["provenance"]) == 3
+
+
 @pytest.mark.slow
 def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) -> None:
     first = _train("env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",

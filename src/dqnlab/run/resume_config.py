@@ -9,7 +9,9 @@ holds it, resolved, as plain data) and lays over it only the keys the command li
   progress, threads, the device) take the command line's value;
 - any other key the command line names must keep the run's value, or the resume is refused with one line per
   key (``seed=5``, ``env=pong``, ``optimizer.lr=1e-3``: a different experiment is a new run);
-- keys the command line does not name keep the run's value, whatever the defaults are today;
+- keys the command line does not name keep the run's value, whatever the defaults are today, and so do the keys
+  a run sets for itself (:data:`SET_BY_THE_RUN`) unless named one by one: the run's own command repeated (a
+  requeue, a second extension) resumes it;
 - where the run's files go follows this run dir (paths the old run dir rooted are re-rooted here).
 
 Schedules stay where the run set them: an epsilon ramp given as a fraction of ``env_steps`` is fixed, in env
@@ -54,6 +56,12 @@ MAY_CHANGE = (
 )
 # Groups placed at the top level (`# @package _global_`): they may set any key, so naming one names them all.
 GLOBAL_GROUPS = ("experiment", "debug", "hparams", "hparams_search")
+# Keys a run sets for itself, so its checkpoint holds a value its command line never gave: the frame stacking an
+# env declares (envs/vector.match_frame_stacking: Atari's 4 frames, zero padding), and an epsilon ramp given as a
+# fraction, fixed in env steps at the first resume (below). Repeating the run's own command (a requeue, a second
+# extension) composes the defaults there again; only naming such a key itself (`buffer.frame_stack=8`) asks for
+# another value.
+SET_BY_THE_RUN = frozenset({"buffer.frame_stack", "buffer.stack_padding", "collector.exploration_steps"})
 
 
 _ABSENT = object()
@@ -132,6 +140,8 @@ def restore_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[str] 
             merged[key] = new  # where this run's files go
         elif old == new or not _is_named(key, named):
             continue  # the run's value (a key added to dqnlab since the run was written stays out: its default)
+        elif key in SET_BY_THE_RUN and key not in named:
+            continue  # named only through its group or an experiment: the run's own value, set when it ran
         elif may_change(key):
             if new is _ABSENT:
                 merged.pop(key, None)
