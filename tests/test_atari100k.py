@@ -242,23 +242,6 @@ def test_dueling_shared_is_one_hidden_layer_and_xavier_zeroes_the_biases() -> No
     assert all(m.bias.abs().sum() == 0 for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))
 
 
-@pytest.mark.atari
-def test_smoke_run_says_how_it_computes_and_resumes_the_same_way(ale: Any, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    base = [PYTHON, "train.py", "experiment=atari100k", "debug=smoke", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([*base, "progress_bar=false"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    log = (run_dir / "train.log").read_text()
-    (line,) = [x for x in log.splitlines() if "update: autograd" in x]  # the Nature CNN: autograd, measured compute
-    # 75 updates: too few to repay the start-up measurement, so float32 NCHW, unmeasured, and the header says why.
-    assert "; fp32 NCHW (not measured: 75 updates, fewer than the 1,000" in line and "DrQAugment(pad=4" in line
-    assert summary["protocol"] == "atari100k" and summary["protocol_kept"] is False
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    bf16, last = ckpt["dqn_compute"]["bf16"], ckpt["dqn_compute"]["channels_last"]
-    assert summary["update_compute"] == f"{'bf16' if bf16 else 'fp32'} {'channels-last' if last else 'NCHW'}"
-
-
 def test_augment_on_a_vector_env_is_one_error_line(tmp_path: Path) -> None:
     cmd = [PYTHON, "train.py", "augment=drq", "debug=smoke", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -278,8 +261,17 @@ def test_the_benchmark_sweep_repeated_resumes_and_leaves_finished_runs_alone(ale
                "progress_bar=false"]  # fmt: skip
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    summary = (sweep / "pong_s0" / "summary.json").read_bytes()
+    run_dir = sweep / "pong_s0"
+    summary = (run_dir / "summary.json").read_bytes()
+    # The run says how its update computes, and its checkpoint keeps it (a resume computes the same way).
+    log, said = (run_dir / "train.log").read_text(), json.loads(summary)
+    (line,) = [x for x in log.splitlines() if "update: autograd" in x]  # the Nature CNN: autograd
+    # 75 updates: too few to repay the start-up measurement, so float32 NCHW, unmeasured, and the header says why.
+    assert "; fp32 NCHW (not measured: 75 updates, fewer than the 1,000" in line and "DrQAugment(pad=4" in line
+    assert said["protocol"] == "atari100k" and said["protocol_kept"] is False and said["update_compute"] == "fp32 NCHW"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["dqn_compute"] == {"bf16": False, "channels_last": False}
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]  # it was refused: buffer.frame_stack=1 (the run's: 4)
     assert "summary.json is left as it was" in again.stdout + again.stderr
-    assert (sweep / "pong_s0" / "summary.json").read_bytes() == summary
+    assert (run_dir / "summary.json").read_bytes() == summary

@@ -15,12 +15,12 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import pytorch_lightning as pl
-import torch
+from typing import TYPE_CHECKING, Any
 
 import dqnlab
+
+if TYPE_CHECKING:
+    import torch
 
 # The repository root when dqnlab runs from a checkout (<root>/src/dqnlab/); an installed dqnlab (site-packages) has
 # none, even inside a git repository of yours.
@@ -77,6 +77,9 @@ def segment_start(device: torch.device, started_utc: str | None = None) -> dict[
     """The entry of ``provenance`` for the segment this process runs (from ``started_utc``, default now), without
     its end (:func:`segment_end`).
     """
+    import pytorch_lightning as pl  # here: code_version() alone stays a light import
+    import torch
+
     entry: dict[str, Any] = {
         "started_utc": started_utc or utc_now(),
         "code": code_version(),
