@@ -1,20 +1,20 @@
 """Every command of README.md and docs/, run as written with only a smoke overlay appended.
 
 A command is a line of a fenced block that starts with ``python``, ``.venv/bin/python``, ``make`` or
-``VAR=value python`` (lines ending in ``\\`` continue). Each runs in a shell, in a temporary copy of the
-repository (``train.py``, ``scripts/``, ``conf/``, ``Makefile``, ``pyproject.toml`` and the venv), with the test's
-venv first on ``PATH`` (as after ``source .venv/bin/activate``), and fails if it exits non-zero or prints a
-traceback. The overlay only shortens the run:
+``VAR=value python`` (lines ending in ``\\`` continue, and so do lines inside an open quote: ``python -c "...``).
+Each runs in a shell, in a temporary copy of the repository (``train.py``, ``scripts/``, ``docs/``, ``conf/``,
+``tests/``, ``Makefile``, ``pyproject.toml`` and the venv), with the test's venv first on ``PATH`` (as after
+``source .venv/bin/activate``), and fails if it exits non-zero or prints a traceback. The overlay only shortens the run:
 
 - ``python train.py ...``: ``debug=smoke`` appended, the smoke value re-appended for any key of
   ``conf/debug/smoke.yaml`` the command sets itself (``env_steps=50000``), and 2 trials for an Optuna search;
 - ``scripts/benchmark.py``: ``--quick``; ``make <target> ARGS="..."``: the same overlay inside ``ARGS``;
 - an agent file ``scripts/evaluate.py`` plays (``agent.safetensors``) is exported from such a run first;
 - a run dir or checkpoint the command reads (``outputs/run1/checkpoints/last.ckpt``,
-  ``outputs/<date>/<time>``, ``multirun/<date>/<time>``, ``<checkpoint>``) is put at that path in the copy first:
-  a ``debug=smoke`` run (a ``-m seed=0,1`` sweep for ``multirun/...``), made once per test worker and copied
-  (with the command's ``VAR=value`` prefix, and the env an ``evaluate.py ... env.id=`` command names);
-  placeholders become ``2026-12-01/12-00-00``.
+  ``outputs/<date>/<time>``, ``multirun/<date>/<time>``, ``runs/<name>``, ``<checkpoint>``) is put at that path in
+  the copy first: a ``debug=smoke`` run (a ``-m seed=0,1`` sweep for ``multirun/`` and ``runs/``), made once per
+  test worker and copied (with the command's ``VAR=value`` prefix, and the env an ``evaluate.py ... env.id=``
+  command names); placeholders become ``2026-12-01/12-00-00``.
 
 A command that cannot run here carries ``# not in CI: <reason>`` in the docs and is skipped with that reason;
 ``trainer=gpu`` lines run where torch sees a GPU.
