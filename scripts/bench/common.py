@@ -7,12 +7,13 @@ It imports no suite module (they import it), so nothing under ``scripts/bench`` 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from dqnlab.run.provenance import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # for `tests.conftest`-free config composition below, not for the package
@@ -32,20 +33,8 @@ def compose(overrides: list[str]):
     return cfg
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (``AMD EPYC``, ``Intel(R) Xeon(R) ...``): the shared machines change between sessions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
-    cpu = _cpu_model()
+    cpu = cpu_model()  # the shared machines change between sessions
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
