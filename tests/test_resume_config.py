@@ -88,28 +88,54 @@ def test_the_runs_own_command_repeated_keeps_what_the_run_set_for_itself(tmp_pat
         restore_config(other, saved, [*command, "buffer.frame_stack=8"])
 
 
+def test_a_run_written_before_a_key_existed_resumes_with_its_own_command(tmp_path: Path) -> None:
+    # A checkpoint from older code lacks keys added since (algo.fast_update, collector.action_mask); its own
+    # command names every key through experiment=, and was refused over "(the run's: <absent>)".
+    command = ["experiment=atari100k", "env.game=alien", "seed=0", "ckpt_path=last"]
+    saved = OmegaConf.to_container(compose_cfg(command, tmp_path / "old"), resolve=True)
+    del saved["algo"]["fast_update"], saved["collector"]["action_mask"]
+    restored, changed = restore_config(compose_cfg(command, tmp_path / "new"), saved, command)
+    assert changed == [] and "fast_update" not in restored.algo and "action_mask" not in restored.collector
+    # Named one by one, such a key asks for a value the run never had: refused like any other change.
+    other = compose_cfg([*command, "algo.fast_update=false"], tmp_path / "new")
+    with pytest.raises(ConfigError, match=r"cannot change algo\.fast_update=False \(the run's: <absent>\)"):
+        restore_config(other, saved, [*command, "algo.fast_update=false"])
+
+
 # ------------------------------------------------------------------ end to end, as a user types it
 @pytest.mark.slow
 def test_a_run_extended_twice_with_its_own_overrides_goes_on(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    command = ["debug=smoke", "seed=3", f"hydra.run.dir={run_dir}", "ckpt_path=last"]
     for env_steps, said in [(400, None), (800, "400 -> 800"), (1200, "800 -> 1200")]:
-        proc = _train("debug=smoke", f"hydra.run.dir={run_dir}", "ckpt_path=last", f"env_steps={env_steps}")
+        proc = _train(*command, f"env_steps={env_steps}")
         assert proc.returncode == 0, proc.stderr[-3000:]  # the third was refused: exploration_steps=None (80)
         assert said is None or f"changed env_steps: {said}" in proc.stdout + proc.stderr
+        # .hydra/ keeps the run's command line (a plot groups the run by it), with its budget as it is now.
+        assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml") == ["debug=smoke", "seed=3", "ckpt_path=last",
+                                                                          f"env_steps={env_steps}"]  # fmt: skip
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 1200 and summary["segments"] == 3 and len(summary["provenance"]) == 3
+    assert [e["overrides"][-1] for e in summary["provenance"]] == ["env_steps=400", "env_steps=800", "env_steps=1200"]
+    # A refused resume in the run's own dir: Hydra wrote the refused command's files there; the run's come back.
+    _one_error(_train(f"hydra.run.dir={run_dir}", "ckpt_path=last", "seed=5"))
+    assert OmegaConf.load(run_dir / ".hydra" / "config.yaml").seed == 3
+    assert OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")[:2] == ["debug=smoke", "seed=3"]
 
 
 @pytest.mark.slow
 def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) -> None:
-    first = _train("env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",
-                   "collector.exploration_fraction=0.9", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    overrides = ["env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",
+                 "collector.exploration_fraction=0.9"]  # fmt: skip
+    first = _train(*overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert first.returncode == 0, first.stderr[-3000:]
     first_summary = (tmp_path / "run" / "summary.json").read_bytes()
-    # Resuming the finished run again (a repeated or requeued command) trains nothing and leaves its summary.
+    # Resuming the finished run again (a repeated or requeued command) trains nothing and leaves its summary,
+    # and its command line: .hydra/overrides.yaml is the run's, not "ckpt_path=last".
     again = _train(f"hydra.run.dir={tmp_path / 'run'}", "ckpt_path=last")
     assert again.returncode == 0 and "summary.json is left as it was" in again.stdout + again.stderr
     assert (tmp_path / "run" / "summary.json").read_bytes() == first_summary
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "overrides.yaml") == overrides
     words = _next_train_command(first.stdout + first.stderr)
     proc = subprocess.run([PYTHON, "train.py", *words], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
@@ -119,12 +145,14 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        run_overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
         rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     finally:
         if run_dir.resolve().is_relative_to(ROOT / "outputs"):
             shutil.rmtree(run_dir)
     assert "restored from the checkpoint; the command line changed env_steps: 3000 -> 6000" in out
     assert summary["seed"] == 3 and summary["env_steps"] == 6000
+    assert run_overrides == [o.replace("env_steps=3000", "env_steps=6000") for o in overrides]  # the run's, longer
     # The run's totals across its two segments, and this segment's own share.
     assert summary["segments"] == 2 and summary["segment_env_steps"] == 3000
     earlier = json.loads(first_summary)["wall_time_s"]  # the first segment's time up to its last checkpoint

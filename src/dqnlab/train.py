@@ -29,7 +29,7 @@ from dqnlab.envs.encoding import describe_observations
 from dqnlab.envs.vector import match_frame_stacking, play_arguments, torch_dtype
 from dqnlab.envs.video import make_render_env, render_problem
 from dqnlab.errors import ConfigError
-from dqnlab.io import atomic_write_bytes, atomic_write_json, remove_if_only_started, remove_stale_temp_files
+from dqnlab.io import atomic_write_json, remove_if_only_started, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import build_network
 from dqnlab.learn.target import TargetNetworkSync
@@ -48,7 +48,7 @@ from dqnlab.run.provenance import describe as describe_provenance
 from dqnlab.run.provenance import segment_start, utc_now
 from dqnlab.run.report import as_counts, cpu_hint, describe_run, describe_update, format_summary, update_summary
 from dqnlab.run.resume import ResumeState
-from dqnlab.run.resume_config import restore_config
+from dqnlab.run.resume_config import restore_config, run_overrides, write_run_files
 from dqnlab.run.stopping import SignalStop, StopOnSignal
 from dqnlab.run.tracking import AtomicCSVLogger, carry_over_csv_rows, finish_wandb, read_metric_rows
 from dqnlab.share.agent_file import network_module
@@ -245,17 +245,29 @@ def _without_run_dir_on_refusal(fn: Any, out_dir: Path) -> Any:
     return wrapped
 
 
-def restore_run_config(cfg: DictConfig, saved: dict[str, Any], out_dir: Path) -> DictConfig:
+def _overrides() -> list[str] | None:
+    """The command's overrides (Hydra's task overrides); ``None`` outside Hydra (the compose API)."""
+    return [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else None
+
+
+def restore_run_config(cfg: DictConfig, resume: dict[str, Any], ckpt_path: str, out_dir: Path) -> DictConfig:
     """The checkpoint's run config with the command line's allowed changes (:mod:`dqnlab.run.resume_config`),
-    checked like any config and written to the run dir's ``.hydra/config.yaml``, where the run's config is read.
+    checked like any config and written to the run dir's ``.hydra/`` (``config.yaml``, where the run's config is
+    read, and the run's own ``overrides.yaml``). A refused resume of the run in its own dir puts its files back.
     """
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
-    restored, changed = restore_config(cfg, saved, overrides)
-    validate_config(restored)
+    overrides, saved = _overrides(), resume["config"]
+    first = (resume["provenance"] or [{}])[0].get("overrides")  # the run's command line, when its checkpoint has it
+    try:
+        restored, changed = restore_config(cfg, saved, overrides)
+        validate_config(restored)
+    except ConfigError:
+        if Path(ckpt_path).resolve().parent == Path(checkpoint_dir(cfg)).resolve():  # this run dir's own run:
+            # Hydra has written the refused command's config and overrides over the run's.
+            write_run_files(out_dir / ".hydra", restore_config(cfg, saved, [])[0], first)
+        raise
     said = f"; the command line changed {'; '.join(changed)}" if changed else ""
     log.info("the run's config is restored from the checkpoint%s", said)
-    if (out_dir / ".hydra").is_dir():
-        atomic_write_bytes(out_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(restored).encode())
+    write_run_files(out_dir / ".hydra", restored, run_overrides(first, overrides or []) if first is not None else None)
     return restored
 
 
@@ -285,7 +297,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         resume = peek_checkpoint(ckpt_path)
         log.info("resuming from %s at env step %d", ckpt_path, resume["env_steps"])
         if resume["config"]:  # the run's own config, with what the command line may change laid over it
-            cfg = restore_run_config(cfg, resume["config"], out_dir)
+            cfg = restore_run_config(cfg, resume, str(ckpt_path), out_dir)
         else:  # a checkpoint without its config: the command line's config runs
             validate_config(cfg)
         # Resumed in its own run dir: keep metrics.csv's rows up to the checkpoint (the CSV logger starts anew).
@@ -313,7 +325,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         resume_state.started = t_start
         torch_device = resolve_device(cfg.trainer.get("accelerator", "auto"))
         device = torch_device.type
-        resume_state.segment = segment_start(torch_device, started_utc)
+        resume_state.segment = segment_start(torch_device, started_utc, _overrides())
         log.info("%s", describe_run(cfg, device))
         log.info("%s", describe_provenance(resume_state.segment))
         for line in describe_update(cfg, parts.module):

@@ -81,6 +81,7 @@ def peek_checkpoint(path: str | Path) -> dict[str, Any]:
         "env_steps": int(collector.get("env_steps", 0)),
         "global_step": int(ckpt.get("global_step", 0)),
         "config": (ckpt.get("dqnlab") or {}).get("config"),
+        "provenance": list((ckpt.get("dqnlab") or {}).get("provenance") or []),
     }
 
 

@@ -4,8 +4,8 @@
 checkpoint carries the earlier ones), so a run resumed on another machine or with newer code says so. An entry
 holds the code's version (the git commit of the checkout dqnlab runs from, ``+modified`` when its tracked files
 differ from it), the library versions, the machine (CPU model, CPU count, torch threads, and the GPU when one is
-used) and the segment's start and end in UTC (a segment that a resume continued ends at its last checkpoint: its
-work after that was redone).
+used), the segment's command line (its overrides, under Hydra) and its start and end in UTC (a segment that a
+resume continued ends at its last checkpoint: its work after that was redone).
 """
 
 from __future__ import annotations
@@ -73,9 +73,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def segment_start(device: torch.device, started_utc: str | None = None) -> dict[str, Any]:
+def segment_start(
+    device: torch.device, started_utc: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """The entry of ``provenance`` for the segment this process runs (from ``started_utc``, default now), without
-    its end (:func:`segment_end`).
+    its end (:func:`segment_end`); ``overrides``, the segment's command line (Hydra's task overrides), when known.
     """
     import pytorch_lightning as pl  # here: code_version() alone stays a light import
     import torch
@@ -92,6 +94,8 @@ def segment_start(device: torch.device, started_utc: str | None = None) -> dict[
     }
     if device.type == "cuda":
         entry["gpu"] = torch.cuda.get_device_name(device)
+    if overrides is not None:
+        entry["overrides"] = [str(o) for o in overrides]
     return entry
 
 

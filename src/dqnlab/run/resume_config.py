@@ -11,8 +11,13 @@ holds it, resolved, as plain data) and lays over it only the keys the command li
   key (``seed=5``, ``env=pong``, ``optimizer.lr=1e-3``: a different experiment is a new run);
 - keys the command line does not name keep the run's value, whatever the defaults are today, and so do the keys
   a run sets for itself (:data:`SET_BY_THE_RUN`) unless named one by one: the run's own command repeated (a
-  requeue, a second extension) resumes it;
-- where the run's files go follows this run dir (paths the old run dir rooted are re-rooted here).
+  requeue, a second extension) resumes it; a key added to dqnlab since the run was written keeps out of it (the
+  code's default) unless named one by one, also through an ``experiment=`` that names every key;
+- where the run's files go follows this run dir (paths the old run dir rooted are re-rooted here);
+- the run dir's ``.hydra/overrides.yaml`` stays the run's command line (:func:`run_overrides`: the first segment's
+  overrides with the changes a resume made), not the resume's ``ckpt_path=... env_steps=...``, so plots group a
+  resumed run with its sweep; a refused resume puts the run's own ``config.yaml`` and overrides back
+  (:func:`write_run_files`), which Hydra had replaced by the refused command's.
 
 Schedules stay where the run set them: an epsilon ramp given as a fraction of ``env_steps`` is fixed, in env
 steps, at the fraction of the run's first budget, so extending a run does not restart its exploration.
@@ -21,11 +26,13 @@ steps, at the fraction of the run's first budget, so extending a run does not re
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from dqnlab.errors import ConfigError
+from dqnlab.io import atomic_write_bytes
 from dqnlab.legacy import upgrade_targets
 
 # Keys (and key prefixes, ending in ".") whose value may differ between a run and its resume: they change how
@@ -140,8 +147,10 @@ def restore_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[str] 
             merged[key] = new  # where this run's files go
         elif old == new or not _is_named(key, named):
             continue  # the run's value (a key added to dqnlab since the run was written stays out: its default)
-        elif key in SET_BY_THE_RUN and key not in named:
-            continue  # named only through its group or an experiment: the run's own value, set when it ran
+        elif (key in SET_BY_THE_RUN or old is _ABSENT) and key not in named:
+            # Named only through its group or an experiment: the run's own value, set when it ran; or, for a key
+            # added to dqnlab since the run was written, its default (what the run's code did without the key).
+            continue
         elif may_change(key):
             if new is _ABSENT:
                 merged.pop(key, None)
@@ -166,3 +175,28 @@ def restore_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[str] 
         if value is not _ABSENT:
             OmegaConf.update(restored, key, value, force_add=True)
     return restored, changed
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def run_overrides(first: list[str], now: list[str]) -> list[str]:
+    """The run's command line after a resume: its first segment's overrides, each key this resume may change and
+    names (``env_steps=200000``) set to the resume's value; the resume's ``ckpt_path`` and the keys it only
+    repeats add nothing.
+    """
+    changes = {
+        _key(o): o for o in now if may_change(_key(o)) and _key(o) != "ckpt_path" and not _key(o).startswith("hydra.")
+    }
+    kept = [changes.pop(_key(o), o) for o in first]
+    return kept + list(changes.values())
+
+
+def write_run_files(hydra_dir: Path, config: dict[str, Any] | DictConfig, overrides: list[str] | None) -> None:
+    """Write the run's config (and its command line, when known) to its ``.hydra/`` dir, if there is one."""
+    if not hydra_dir.is_dir():
+        return
+    atomic_write_bytes(hydra_dir / "config.yaml", OmegaConf.to_yaml(config).encode())
+    if overrides is not None:
+        atomic_write_bytes(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))).encode())
