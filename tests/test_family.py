@@ -439,6 +439,8 @@ def test_noisy_linear_is_factorised_and_resamples():
     f = lambda e: e.sign() * e.abs().sqrt()  # noqa: E731
     w = layer.weight_mu + layer.weight_sigma * torch.outer(layer.eps_out, layer.eps_in)
     assert torch.allclose(layer(x), x @ w.T + layer.bias_mu + layer.bias_sigma * layer.eps_out, atol=1e-6)
+    with torch.no_grad():  # acting and TD targets: the noise applied to x without building the noisy weight
+        assert torch.allclose(layer(x), x @ w.T + layer.bias_mu + layer.bias_sigma * layer.eps_out, atol=1e-6)
     eps_in = layer.eps_in.clone()
     y = layer(x)
     layer.reset_noise()
