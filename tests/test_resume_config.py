@@ -126,7 +126,7 @@ def test_a_run_extended_twice_with_its_own_overrides_goes_on(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) -> None:
     overrides = ["env=acrobot", "seed=3", "env_steps=3000", "target=hard", "target.interval=100",
-                 "collector.exploration_fraction=0.9"]  # fmt: skip
+                 "collector.exploration_fraction=0.9", "algo.batch_size=32"]  # fmt: skip
     first = _train(*overrides, f"hydra.run.dir={tmp_path / 'run'}")
     assert first.returncode == 0, first.stderr[-3000:]
     first_summary = (tmp_path / "run" / "summary.json").read_bytes()
@@ -166,6 +166,7 @@ def test_the_printed_next_command_continues_a_non_default_run(tmp_path: Path) ->
     assert {e["code"] for e in summary["provenance"]} == {code_version()} and this_entry["torch"] == torch.__version__
     assert f"ran by: code {code_version()}, torch {torch.__version__}" in out
     assert config.env.id == "Acrobot-v1" and config.target.interval == 100 and config.target.tau == 1.0
+    assert config.algo.batch_size == 32  # Acrobot's preset samples 128
     # Exploration goes on where it stood (0.9 x 3,000 env steps), not stretched over the new budget.
     later = [float(r["rollout/epsilon"]) for r in rows if r.get("rollout/epsilon") and float(r["env_steps"]) > 3000]
     assert later and max(later) == pytest.approx(config.collector.epsilon_end, abs=1e-6)

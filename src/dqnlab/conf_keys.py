@@ -27,6 +27,28 @@ def _is_global(text: str, group: str) -> bool:
 
 
 @cache
+def _files(conf_dir: str) -> tuple[tuple[str, bool, dict], ...]:
+    """``(group, global, data)`` of every yaml file under ``conf_dir`` holding a mapping (``""``: ``conf/*.yaml``)."""
+    root, files = Path(conf_dir), []
+    for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*/*.yaml")):
+        group = path.parent.name if path.parent != root else ""
+        text = path.read_text()
+        data = yaml.load(text, Loader=_Loader) or {}
+        if isinstance(data, dict):
+            files.append((group, not group or _is_global(text, group), data))
+    return tuple(files)
+
+
+def _global_keys(conf_dir: str, group: str) -> set[str]:
+    """The keys the top-level and global files (experiments, debug overlays, hparams) write into ``group``."""
+    found: set[str] = set()
+    for _, is_global, data in _files(conf_dir):
+        if is_global and isinstance(data.get(group), dict):
+            found.update(str(key) for key in data[group])
+    return found
+
+
+@cache
 def group_keys(conf_dir: str, groups: tuple[str, ...]) -> dict[str, frozenset[str]]:
     """Every second-level key a file under ``conf_dir`` writes into each of ``groups``.
 
@@ -38,22 +60,10 @@ def group_keys(conf_dir: str, groups: tuple[str, ...]) -> dict[str, frozenset[st
         ``{group: keys}``, e.g. ``{"optimizer": {"lr", "eps", ...}, ...}`` (``_target_`` and the like included).
 
     """
-    keys: dict[str, set[str]] = {group: set() for group in groups}
-    root = Path(conf_dir)
-    for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*/*.yaml")):
-        group = path.parent.name if path.parent != root else ""
-        if group and group not in keys:
-            continue  # conf/hydra/*: Hydra's own config, not checked here
-        text = path.read_text()
-        data = yaml.load(text, Loader=_Loader) or {}
-        if not isinstance(data, dict):
-            continue
-        if group and not _is_global(text, group):
+    keys: dict[str, set[str]] = {group: _global_keys(conf_dir, group) for group in groups}
+    for group, is_global, data in _files(conf_dir):
+        if group in keys and not is_global:  # conf/hydra/*: Hydra's own config, not checked here
             keys[group].update(str(key) for key in data if key != "defaults")
-            continue
-        for head, value in data.items():
-            if head in keys and isinstance(value, dict):
-                keys[head].update(str(key) for key in value)
     return {group: frozenset(found) for group, found in keys.items()}
 
 
@@ -82,20 +92,6 @@ def unknown_group_key(key: str, conf_dir: str, groups: tuple[str, ...]) -> str |
     else:
         fix = f"the {head} keys in conf/ are {', '.join(sorted(k for k in known if not k.startswith('_')))}"
     return f"{key} is not a dqnlab setting (no file in conf/ gives {head} a key {second!r}): {fix}"
-
-
-@cache
-def _global_group_keys(conf_dir: str, group: str) -> frozenset[str]:
-    """The keys the global files (experiments, debug overlays, hparams) write into ``group``."""
-    root, found = Path(conf_dir), set()
-    for path in sorted(root.glob("*/*.yaml")):
-        text = path.read_text()
-        if not _is_global(text, path.parent.name):
-            continue
-        data = yaml.load(text, Loader=_Loader) or {}
-        if isinstance(data, dict) and isinstance(data.get(group), dict):
-            found.update(str(key) for key in data[group])
-    return frozenset(found)
 
 
 def option_keys(conf_dir: str, group: str, option: str) -> frozenset[str] | None:
@@ -148,7 +144,7 @@ def key_of_another_option(key: str, chosen: dict[str, str], conf_dir: str) -> st
     if head not in chosen or not second:
         return None
     keys = option_keys(conf_dir, head, chosen[head])
-    if keys is None or not keys or second in keys or second in _global_group_keys(conf_dir, head):
+    if keys is None or not keys or second in keys or second in _global_keys(conf_dir, head):
         return None
     close = difflib.get_close_matches(second, sorted(keys), n=1, cutoff=0.6)
     fix = (
