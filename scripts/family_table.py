@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from dqnlab.share.tables import markdown_table
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLVED = 475.0  # CartPole-v1's reward threshold
 
@@ -90,7 +92,7 @@ def table(
 ) -> str:
     """Markdown table; a cell shows the last-iterate network's return in parentheses where keep_best changed it."""
     header = ["variant", *[f"seed {s}" for s in seeds], "mean", f">= {SOLVED:g}", "s / run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, by_seed in results.items():
         values = [by_seed[s] for s in seeds]
         solved = sum(v >= SOLVED for v in values)
@@ -100,8 +102,8 @@ def table(
             last = lasts[name][s]
             shown.append(f"{v:.0f}" + (f" ({last:.0f})" if last is not None and round(last) != round(v) else ""))
         cells = [name, *shown, f"{sum(values) / len(values):.0f}"]
-        lines.append("| " + " | ".join([*cells, f"{solved}/{len(values)}", f"{wall:.0f}"]) + " |")
-    return "\n".join(lines)
+        rows.append([*cells, f"{solved}/{len(values)}", f"{wall:.0f}"])
+    return markdown_table(header, rows)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dqnlab.run.provenance import cpu_model
+from dqnlab.share.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # for `tests.conftest`-free config composition below, not for the package
@@ -39,10 +40,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def format_table(header: list[str], rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+format_table = markdown_table  # the benchmarks' tables, as the results' (dqnlab.share.tables)
 
 
 # ---------------------------------------------------------------------------------------------- loops

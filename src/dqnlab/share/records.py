@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dqnlab.share.plotting import Run
+from dqnlab.share.tables import markdown_table
 
 NOT_RECORDED = "not recorded"
 
@@ -47,7 +48,4 @@ def record_row(run: Run) -> list[str]:
 def records_markdown(runs: list[Run]) -> str:
     """A Markdown table of :func:`record_row` for ``runs``, ordered by run dir."""
     header = ["run", "code", "machine", "torch", "UTC", "wall time (s)", "segments"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in sorted(runs, key=lambda r: str(r.path)):
-        lines.append("| " + " | ".join(record_row(run)) + " |")
-    return "\n".join(lines)
+    return markdown_table(header, [record_row(run) for run in sorted(runs, key=lambda r: str(r.path))])
