@@ -16,6 +16,10 @@ games from their 100 published runs per game (``docs/results/atari100k/reference
 5th to 95th percentile of DrQ(eps)'s IQM over ``--draws`` draws of as many of its runs per game as ours); and a
 per-game table of raw scores. See ``dqnlab.share.atari100k``.
 
+``--parity DIR...`` (with ``--atari100k``): the same games and seeds run another way (``algo.precision=fp32``
+against the bf16 records) and, per game, whether the two sets' mean scores differ by less than the larger of
+their seed-to-seed spreads (``dqnlab.share.parity``).
+
 Last, a table of how each run ran: its code's git commit, machine, torch version, UTC start and end and wall time
 (``summary.json``'s ``provenance``, ``dqnlab.share.records``).
 """
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from dqnlab.errors import EXIT_CONFIG_ERROR, ArgumentParser, positive_int, print_error
-from dqnlab.share import atari100k, stats
+from dqnlab.share import atari100k, parity, stats
 from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
 from dqnlab.share.records import records_markdown
 
@@ -256,7 +260,33 @@ def atari100k_report(runs: list[Run], args: argparse.Namespace) -> tuple[str, li
         )
     reference = atari100k.load_reference(ATARI100K_REFERENCE)
     comparison = atari100k.compare(scores, reference, reps=args.reps, draws=args.draws, seed=args.seed)
-    return atari100k.format_markdown(comparison, reference), kept
+    text = atari100k.format_markdown(comparison, reference)
+    if args.parity:
+        text, kept = _with_parity(text, kept, scores, args)
+    return text, kept
+
+
+def _compute_label(runs: list[Run]) -> str:
+    """How the runs' updates computed (summary.json ``update_compute``: ``bf16 NCHW``), joined when they differ."""
+    return " / ".join(sorted({str(r.summary.get("update_compute", "not recorded")) for r in runs}))
+
+
+def _with_parity(text: str, kept: list[Run], scores: dict, args: argparse.Namespace) -> tuple[str, list[Run]]:
+    """``text`` with ``--parity``'s table: the runs under ``args.dirs`` against those under ``args.parity``."""
+    others = [load_run(d) for d in find_run_dirs(args.parity)]
+    other_scores, other_kept, skipped = atari100k_scores(others, args.metric)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    games, left_out = parity.parity(scores, other_scores)
+    for line in left_out:
+        print(f"parity: left out {line}", file=sys.stderr)
+    if not games:
+        raise atari100k.Atari100kError(
+            f"no game with 2 or more runs both under {', '.join(map(str, args.dirs))} and under "
+            f"{', '.join(map(str, args.parity))}: --parity compares the same games run twice"
+        )
+    labels = (_compute_label(kept), _compute_label(other_kept))
+    return text + "\n\n" + parity.format_markdown(games, labels), kept + other_kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +310,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--draws", type=positive_int, default=10_000, help="draws of DrQ(eps) runs for --atari100k's band"
     )
+    parser.add_argument(
+        "--parity",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="with --atari100k: the same games and seeds run another way (algo.precision=fp32); a table says "
+        "per game whether the two sets' means differ by less than the larger seed-to-seed spread",
+    )
     parser.add_argument("--reps", type=positive_int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -297,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         fix = f"did you mean --metric {close[0]}?" if close else f"the keys are {', '.join(keys)}"
         print_error(ValueError(f"--metric {args.metric} is in no run's summary.json: {fix}"))
         return EXIT_CONFIG_ERROR
+    if args.parity and not args.atari100k:
+        parser.error("--parity compares Atari 100k runs: add --atari100k")
     if args.atari100k:
         try:
             text, runs = atari100k_report(runs, args)

@@ -257,7 +257,7 @@ def test_atari100k_band_of_three_drq_runs_on_ten_games():
     assert low == pytest.approx(0.302, abs=0.01) and high == pytest.approx(0.461, abs=0.01)
 
 
-def _atari100k_run(root, game: str, seed: int, score: float | None, kept: bool = True):
+def _atari100k_run(root, game: str, seed: int, score: float | None, kept: bool = True, compute: str = "bf16 NCHW"):
     """A run dir as ``train.py experiment=atari100k`` leaves it (``score`` None: not finished)."""
     run = root / f"{game}_s{seed}"
     (run / ".hydra").mkdir(parents=True)
@@ -265,9 +265,46 @@ def _atari100k_run(root, game: str, seed: int, score: float | None, kept: bool =
     (run / ".hydra" / "overrides.yaml").write_text(f"- experiment=atari100k\n- env.game={game}\n- seed={seed}\n")
     (run / "metrics.csv").write_text("step,rollout/return_ma100\n5000,1.0\n")
     if score is not None:
-        summary = {"eval/return_mean": score, "protocol": "atari100k", "protocol_kept": kept, "seed": seed}
+        summary = {"eval/return_mean": score, "protocol": "atari100k", "protocol_kept": kept, "seed": seed,
+                   "update_compute": compute}  # fmt: skip
         (run / "summary.json").write_text(json.dumps(summary))
     return run
+
+
+def test_parity_holds_when_the_means_differ_by_less_than_the_larger_spread():
+    from dqnlab.share.parity import parity
+
+    bf16 = {"Boxing": {0: 10.0, 1: 14.0}, "Pong": {0: -10.0, 1: -9.0}, "Qbert": {0: 500.0, 1: 700.0}, "Alien": {0: 1.0}}
+    fp32 = {"Boxing": {0: 11.0, 1: 12.0}, "Pong": {0: -20.0, 1: -19.0}, "Qbert": {0: 300.0, 1: 500.0}}
+    games, skipped = parity(bf16, fp32)
+    assert [g.game for g in games] == ["Boxing", "Pong", "Qbert"]
+    boxing, pong, qbert = games
+    # Boxing: means 12 and 11.5 (0.5 apart), spreads 4 and 1: parity holds.
+    assert (boxing.mean_a, boxing.mean_b, boxing.difference, boxing.spread, boxing.holds) == (12, 11.5, 0.5, 4, True)
+    assert (pong.difference, pong.spread, pong.holds) == (10, 1, False)  # 10 apart, spreads of 1
+    assert (qbert.difference, qbert.spread, qbert.holds) == (200, 200, False)  # "less than": a tie does not hold
+    assert skipped == ["Alien: 1 and 0 runs; parity needs at least 2 of each"]
+
+
+def test_results_parity_table_on_hand_made_runs(tmp_path, capsys):
+    results = _results_module()
+    for game, seed, bf16, fp32 in [("boxing", 0, 10.0, 11.0), ("boxing", 1, 14.0, 12.0), ("pong", 0, -10.0, -20.0),
+                                   ("pong", 1, -9.0, -19.0), ("breakout", 0, 20.0, 21.0)]:  # fmt: skip
+        _atari100k_run(tmp_path / "bf16", game, seed, bf16)
+        _atari100k_run(tmp_path / "fp32", game, seed, fp32, compute="fp32 channels-last")
+    argv = [str(tmp_path / "bf16"), "--atari100k", "--parity", str(tmp_path / "fp32"), "--draws", "200"]
+    assert results.main([*argv, "--reps", "200"]) == 0
+    out, err = capsys.readouterr()
+    table = out[out.index("Parity of bf16 NCHW and fp32 channels-last") : out.index("How each run ran")]
+    assert "| game | bf16 NCHW runs | bf16 NCHW mean | bf16 NCHW spread | fp32 channels-last runs |" in table
+    assert _row(table, "Boxing")[-7:] == ["12.00", "4.00", "11.00 (s0), 12.00 (s1)", "11.50", "1.00", "0.50", "holds"]
+    assert _row(table, "Pong")[-2:] == ["10.00", "does not hold"]
+    assert "it holds for 1 of 2 games" in table and "parity: left out Breakout: 1 and 1 runs" in err
+    assert out.count("| boxing_s0 |") == 2  # both sets' runs in the table of how each run ran
+    # Without --atari100k there is nothing to compare: one error line.
+    with pytest.raises(SystemExit) as exit_info:
+        results.main([str(tmp_path / "bf16"), "--parity", str(tmp_path / "fp32")])
+    assert exit_info.value.code == 2 and "--parity compares Atari 100k runs: add --atari100k" in capsys.readouterr().err
 
 
 def _results(*args: str) -> subprocess.CompletedProcess:
