@@ -17,6 +17,8 @@ CASES = [
     ("optimizer=sgd", "the options are adam, adamw, rmsprop"),
     ("env=CartPole-v1", "did you mean env=cartpole? For any gymnasium id: env=gym env.id=CartPole-v1"),
     ("logger=[csv,wandbb]", "did you mean logger=wandb?"),
+    # Hydra's hint, +logger.wandb.mode, would add a key no logger reads (also on a resume of a W&B run).
+    ("logger.wandb.mode=offline", "this command's loggers are csv and wandb is not one of them"),
     (
         "network.hidden_sizes=64",
         "network.hidden_sizes=64 must be a list of layer widths: e.g. network.hidden_sizes=[64,64]",

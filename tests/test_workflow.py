@@ -285,6 +285,14 @@ def test_wandb_without_credentials_falls_back_offline_and_records_history_and_co
     assert videos and (offline_dir / "files" / videos[0]["eval/video/path"]).is_file()
     videos_on_disk = sorted(p.name for p in (run_dir / "videos").iterdir())
     assert videos_on_disk == ["eval_env_steps_200.mp4", "eval_env_steps_400.mp4"]
+    # Extended (a new W&B run), it keeps the run's name and tags, with the new budget: not "ckpt_path=last".
+    more = _train(f"hydra.run.dir={run_dir}", "ckpt_path=last", "env_steps=600", "logger=[csv,wandb]",
+                  "logger.wandb.mode=offline", env=env)  # fmt: skip
+    assert more.returncode == 0, more.stderr[-3000:]
+    (second,) = set((run_dir / "wandb").glob("offline-run-*")) - {offline_dir}
+    wb = read_offline_run(second)
+    assert "seed=3" in wb.name and "env_steps=600" in wb.name and "ckpt_path" not in wb.name, wb.name
+    assert "seed=3" in wb.tags and "logger.wandb.mode=offline" in wb.tags
 
 
 def test_wandb_fails_fast_naming_offline_mode_when_fallback_is_off(tmp_path, monkeypatch):

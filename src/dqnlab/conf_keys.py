@@ -153,3 +153,44 @@ def key_of_another_option(key: str, chosen: dict[str, str], conf_dir: str) -> st
         else f"its keys: {', '.join(sorted(k for k in keys if k[0] != '_'))}"
     )
     return f"{key} is not a setting of {head}={chosen[head]} (conf/{head}/{chosen[head]}.yaml): {fix}"
+
+
+def _default_options(conf_dir: str, group: str) -> list[str]:
+    """The options ``conf/train.yaml``'s defaults list picks for ``group`` (``logger: csv`` -> ``["csv"]``)."""
+    data = yaml.load((Path(conf_dir) / "train.yaml").read_text(), Loader=_Loader) or {}
+    for entry in data.get("defaults") or [] if isinstance(data, dict) else []:
+        if isinstance(entry, dict) and group in entry:
+            value = entry[group]
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+    return []
+
+
+def logger_not_chosen(key: str, argv: list[str], conf_dir: str) -> str | None:
+    """``logger.wandb.mode=offline`` on a command whose loggers are ``csv``: Hydra suggests ``+logger.wandb.mode``,
+    a key no logger would read. Also for a resume: the run's own loggers come back after the command is composed.
+
+    Args:
+        key: A dotted override key, e.g. ``logger.wandb.mode``.
+        argv: The command line (its ``logger=`` pick, if any, says which loggers it has).
+        conf_dir: The config directory.
+
+    Returns:
+        The message, or ``None`` when the key's logger is one of the command's (or a sweep picks loggers).
+
+    """
+    head, _, rest = key.partition(".")
+    name = rest.split(".")[0]
+    if head != "logger" or not name or not (Path(conf_dir) / "logger" / f"{name}.yaml").is_file():
+        return None
+    picks = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "logger"]
+    if picks and not picks[-1].startswith("[") and "," in picks[-1]:
+        return None  # logger=csv,wandb under -m: one logger per job
+    chosen = [v.strip() for v in picks[-1].strip("[]").split(",") if v.strip()] if picks else None
+    if chosen is None:
+        chosen = _default_options(conf_dir, "logger")
+    if name in chosen:
+        return None
+    return (
+        f"this command's loggers are {', '.join(chosen) or 'none'} and {name} is not one of them (a resumed run's "
+        f"own loggers come back only once the command is composed): add it, e.g. logger=[{','.join([*chosen, name])}]"
+    )

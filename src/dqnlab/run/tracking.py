@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from fsspec.utils import get_protocol
 from lightning_fabric.loggers.logger import rank_zero_experiment
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -25,11 +27,13 @@ _WANDB_TAG_MAX = 64  # characters; W&B rejects longer tags
 
 
 def hydra_job_identity() -> tuple[str | None, list[str], str | None]:
-    """``(name, tags, group)`` of the current Hydra job: its overrides, and the sweep dir under ``-m``.
+    """``(name, tags, group)`` of the current Hydra job: the run's overrides, and the sweep dir under ``-m``.
 
-    The name is ``job.override_dirname`` (``optimizer.lr=0.0003,seed=1``), so every job of a sweep is one
-    recognisable W&B run; the overrides are also tags for filtering, and jobs of one sweep share a group.
-    Outside Hydra (the compose API, a notebook) all three are empty.
+    The name is the run's overrides as Hydra's ``job.override_dirname`` writes them (``optimizer.lr=0.0003,seed=1``),
+    so every job of a sweep is one recognisable W&B run; the overrides are also tags for filtering, and jobs of one
+    sweep share a group. The overrides are the run's own command line, ``.hydra/overrides.yaml``, which a resume
+    rewrites (``dqnlab.run.resume_config.run_overrides``): a run continued with ``ckpt_path=... env_steps=...`` keeps
+    its name. Outside Hydra (the compose API, a notebook) all three are empty.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -37,10 +41,19 @@ def hydra_job_identity() -> tuple[str | None, list[str], str | None]:
     if not HydraConfig.initialized():
         return None, [], None
     hc = HydraConfig.get()
-    overrides = [str(o) for o in hc.overrides.task if not str(o).startswith(("hydra.", "paths."))]
-    name = hc.job.get("override_dirname") or hc.job.name
+    written = Path(str(hc.runtime.output_dir)) / str(hc.output_subdir) / "overrides.yaml"
+    lines = OmegaConf.load(written) if hc.output_subdir and written.is_file() else hc.overrides.task
+    overrides = [str(o) for o in lines if not str(o).startswith(("hydra.", "paths."))]
+    dirname = hc.job.config.override_dirname
+    name = overrides_dirname([str(o) for o in lines], dirname.exclude_keys, dirname.item_sep, dirname.kv_sep)
     group = Path(str(hc.sweep.dir)).as_posix()[-128:] if hc.mode == RunMode.MULTIRUN else None
-    return name, [o for o in overrides if len(o) <= _WANDB_TAG_MAX], group
+    return name or hc.job.name, [o for o in overrides if len(o) <= _WANDB_TAG_MAX], group
+
+
+def overrides_dirname(overrides: list[str], exclude_keys: list[str], item_sep: str, kv_sep: str) -> str:
+    """Overrides joined as Hydra joins them into ``job.override_dirname``: sorted, without ``exclude_keys``."""
+    lines = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in exclude_keys)
+    return re.sub("=", kv_sep, item_sep.join(lines))
 
 
 def make_wandb_logger(
