@@ -271,7 +271,13 @@ def test_the_benchmark_sweep_repeated_resumes_and_leaves_finished_runs_alone(ale
     assert said["protocol"] == "atari100k" and said["protocol_kept"] is False and said["update_compute"] == "fp32 NCHW"
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["dqn_compute"] == {"bf16": False, "channels_last": False}
+    # As a run that chose bf16 channels-last at its start: a resume keeps that, unmeasured, and says so (the header
+    # said what a new measurement chose while the checkpoint's choice ran).
+    ckpt["dqn_compute"] = {"bf16": True, "channels_last": True}
+    torch.save(ckpt, run_dir / "checkpoints" / "last.ckpt")
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]  # it was refused: buffer.frame_stack=1 (the run's: 4)
     assert "summary.json is left as it was" in again.stdout + again.stderr
+    (line,) = [x for x in (again.stdout + again.stderr).splitlines() if "update: autograd" in x]
+    assert "; bf16 channels-last (the run's own, from its checkpoint: a resume computes as the run did)" in line
     assert (run_dir / "summary.json").read_bytes() == summary

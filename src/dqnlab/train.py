@@ -123,12 +123,13 @@ class Components:
             finish_wandb(failed)
 
 
-def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
+def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[str, bool] | None = None) -> Components:
     """Instantiate env, network, module, replay, callbacks, loggers and trainer from a composed config.
 
     The network and buffer are completed with what only the env knows (observation shape and dtype,
     action count, number of env streams); the trainer with ``max_steps`` derived from ``env_steps``. ``stop``
     holds the run's SIGINT/SIGTERM handlers (``run`` installs them around ``fit``; ``None``: a new set).
+    ``kept_compute``: a resumed run's own compute choice from its checkpoint, kept instead of measured.
     """
     stop = stop if stop is not None else SignalStop()
     # Adam's and RMSprop's moments of dead ReLU units decay geometrically into subnormal floats, which make
@@ -172,7 +173,7 @@ def build(cfg: DictConfig, stop: SignalStop | None = None) -> Components:
             cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps, seed=cfg.seed
         )
         # A conv net on a CPU: fp32 or bf16, measured (unless the run is too short to repay measuring).
-        module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps)
+        module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps, kept_compute)
         evaluator: Evaluator = instantiate(
             cfg.eval,
             env_factory=env_factory,
@@ -293,8 +294,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     # A requeued SLURM job resumes from its run dir's last.ckpt (cluster/slurm.py); a corrupt last.ckpt: ConfigError.
     ckpt_path = resolve_ckpt_path(requeue_ckpt_path(cfg.get("ckpt_path")), checkpoint_dir(cfg))
     earlier_rows: list[dict[str, Any]] = []
+    kept_compute = None  # a resumed conv net computes as the run did (precision, layout): no new measurement
     if ckpt_path is not None:
         resume = peek_checkpoint(ckpt_path)
+        kept_compute = resume["compute"]
         log.info("resuming from %s at env step %d", ckpt_path, resume["env_steps"])
         if resume["config"]:  # the run's own config, with what the command line may change laid over it
             cfg = restore_run_config(cfg, resume, str(ckpt_path), out_dir)
@@ -319,7 +322,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stop = SignalStop()
     try:
         stop.install()
-        parts = builder(cfg, stop)
+        parts = builder(cfg, stop, kept_compute)
         # The run's wall time counts from here on (and across segments: ResumeState adds the earlier ones).
         resume_state = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ResumeState))
         resume_state.started = t_start

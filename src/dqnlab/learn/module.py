@@ -16,7 +16,7 @@ from dqnlab.data.dataset import Batch, ReplayDataset
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.errors import ConfigError
 from dqnlab.learn.fast.attributes import PlainAttributes
-from dqnlab.learn.fast.cpu_compute import Compute, pick
+from dqnlab.learn.fast.cpu_compute import KEPT, Compute, pick
 from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.learn.fast.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.learn.fast.optim_step import clip_and_guard, fast_step
@@ -184,12 +184,22 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         # Uniform replay's loss weights are all ones: the hand-written update then skips multiplying by them.
         self._weights_are_ones = self._update_priorities is None
 
-    def pick_compute(self, device: torch.device, obs_shape: tuple[int, ...], updates: int | None = None) -> Compute:
+    def pick_compute(
+        self,
+        device: torch.device,
+        obs_shape: tuple[int, ...],
+        updates: int | None = None,
+        kept: dict[str, bool] | None = None,
+    ) -> Compute:
         """Choose how the networks compute (:func:`dqnlab.learn.fast.cpu_compute.pick`), measuring on a CPU a run
-        of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``.
+        of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``; ``kept``, a resumed run's own choice from its
+        checkpoint (``dqn_compute``), is kept without measuring: a resume computes as the run did.
         """
-        compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
+        if kept is not None and hasattr(self.q_net, "set_compute"):
+            self._set_compute(Compute(bool(kept["bf16"]), bool(kept["channels_last"]), {}, KEPT))
+            return self.compute
+        compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
         if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:
             self._set_compute(compute)
         return self.compute

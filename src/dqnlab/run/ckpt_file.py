@@ -82,6 +82,7 @@ def peek_checkpoint(path: str | Path) -> dict[str, Any]:
         "global_step": int(ckpt.get("global_step", 0)),
         "config": (ckpt.get("dqnlab") or {}).get("config"),
         "provenance": list((ckpt.get("dqnlab") or {}).get("provenance") or []),
+        "compute": ckpt.get("dqn_compute"),  # how a conv net's update computed: a resume computes the same way
     }
 
 

@@ -32,6 +32,10 @@ MIN_UPDATES_TO_MEASURE = 1_000
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+# Why a resumed run measures nothing: it computes as it did before (the same numerics as the uninterrupted run).
+KEPT = "the run's own, from its checkpoint: a resume computes as the run did"
+
+
 class Compute(NamedTuple):
     """The chosen way, the median milliseconds per update of every candidate measured (empty: none), and why
     nothing was measured when there was a choice.
