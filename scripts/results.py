@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,16 @@ import numpy as np
 
 from dqnlab.errors import EXIT_CONFIG_ERROR, ArgumentParser, positive_int, print_error
 from dqnlab.share import atari100k, parity, stats
-from dqnlab.share.plotting import Run, find_run_dirs, group_labels, group_runs, load_run, plot_learning_curves
+from dqnlab.share.atari100k_runs import compute_label, scores_by_game
+from dqnlab.share.plotting import (
+    Run,
+    final_value,
+    find_run_dirs,
+    group_labels,
+    group_runs,
+    load_run,
+    plot_learning_curves,
+)
 from dqnlab.share.records import records_markdown
 
 ATARI100K_REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "results" / "atari100k" / "reference"
@@ -69,17 +77,6 @@ class Group:
     def method(self) -> tuple[str, ...]:
         """The overrides apart from the env ones: groups with the same method on different envs aggregate."""
         return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("env=", "env.")))
-
-
-def final_value(run: Run, metric: str) -> float | None:
-    """A finished run's ``metric``: its ``summary.json`` key, else the last value of that ``metrics.csv`` column
-    (a summary written before the key existed); ``None`` for a run that has not finished.
-    """
-    if metric in run.summary:
-        return float(run.summary[metric])
-    if run.summary and metric in run.curves and len(run.curves[metric][1]):
-        return float(run.curves[metric][1][-1])
-    return None
 
 
 def collect_groups(runs: list[Run], metric: str = "eval/return_mean") -> list[Group]:
@@ -209,49 +206,9 @@ def write_curves(runs: list[Run], png: Path, metric: str, seed: int) -> list[Pat
     return written
 
 
-def atari100k_scores(runs: list[Run], metric: str) -> tuple[dict[str, dict[int, float]], list[Run], list[str]]:
-    """The final ``metric`` of each finished Atari 100k run that kept the protocol, by reference game and seed.
-
-    Returns:
-        ``(scores, kept, skipped)``: reference game -> seed -> score; the runs scored; one line per run left
-        out, saying why.
-
-    Raises:
-        atari100k.Atari100kError: A run's game is not one of the 26, or two runs share a game and a seed.
-
-    """
-    scores: dict[str, dict[int, float]] = {}
-    where: dict[tuple[str, int], Path] = {}
-    kept, skipped = [], []
-    for run in runs:
-        value = final_value(run, metric)
-        protocol = run.summary.get("protocol")
-        if not run.summary or value is None:
-            skipped.append(f"{run.path}: unfinished (no summary.json or no {metric})")
-        elif protocol != "atari100k":
-            said = f"protocol: {protocol}" if protocol else "no protocol"
-            skipped.append(f"{run.path}: not an Atari 100k run (summary.json {said})")
-        elif run.summary.get("protocol_kept") is not True:
-            # A shortened or lengthened run would compare unlike with the published 100k-step runs.
-            kept_flag = json.dumps(run.summary.get("protocol_kept"))
-            skipped.append(f"{run.path}: protocol not kept (summary.json protocol_kept: {kept_flag})")
-        else:
-            if run.env_id is None:
-                raise atari100k.Atari100kError(f"{run.path}: no env.game in .hydra/config.yaml")
-            game, seed = atari100k.reference_game(run.env_id), int(run.summary.get("seed", -1))
-            if (game, seed) in where:  # counting one seed twice would narrow the CIs for nothing
-                raise atari100k.Atari100kError(
-                    f"two runs of {game} seed {seed}: {where[game, seed]} and {run.path}; pass only one"
-                )
-            where[game, seed] = run.path
-            scores.setdefault(game, {})[seed] = value
-            kept.append(run)
-    return scores, kept, skipped
-
-
 def atari100k_report(runs: list[Run], args: argparse.Namespace) -> tuple[str, list[Run]]:
     """The ``--atari100k`` tables as Markdown and the runs they score; the skipped runs go to stderr."""
-    scores, kept, skipped = atari100k_scores(runs, args.metric)
+    scores, kept, skipped = scores_by_game(runs, args.metric)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     if not scores:
@@ -266,15 +223,10 @@ def atari100k_report(runs: list[Run], args: argparse.Namespace) -> tuple[str, li
     return text, kept
 
 
-def _compute_label(runs: list[Run]) -> str:
-    """How the runs' updates computed (summary.json ``update_compute``: ``bf16 NCHW``), joined when they differ."""
-    return " / ".join(sorted({str(r.summary.get("update_compute", "not recorded")) for r in runs}))
-
-
 def _with_parity(text: str, kept: list[Run], scores: dict, args: argparse.Namespace) -> tuple[str, list[Run]]:
     """``text`` with ``--parity``'s table: the runs under ``args.dirs`` against those under ``args.parity``."""
     others = [load_run(d) for d in find_run_dirs(args.parity)]
-    other_scores, other_kept, skipped = atari100k_scores(others, args.metric)
+    other_scores, other_kept, skipped = scores_by_game(others, args.metric)
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     games, left_out = parity.parity(scores, other_scores)
@@ -285,7 +237,7 @@ def _with_parity(text: str, kept: list[Run], scores: dict, args: argparse.Namesp
             f"no game with 2 or more runs both under {', '.join(map(str, args.dirs))} and under "
             f"{', '.join(map(str, args.parity))}: --parity compares the same games run twice"
         )
-    labels = (_compute_label(kept), _compute_label(other_kept))
+    labels = (compute_label(kept), compute_label(other_kept))
     return text + "\n\n" + parity.format_markdown(games, labels), kept + other_kept
 
 

@@ -173,7 +173,8 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
             cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps, seed=cfg.seed
         )
         # A conv net on a CPU: fp32 or bf16, measured (unless the run is too short to repay measuring).
-        module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps, kept_compute)
+        module.keep_compute(kept_compute)  # a resume: the run's own choice, not measured again
+        module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps)
         evaluator: Evaluator = instantiate(
             cfg.eval,
             env_factory=env_factory,

@@ -184,25 +184,22 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         # Uniform replay's loss weights are all ones: the hand-written update then skips multiplying by them.
         self._weights_are_ones = self._update_priorities is None
 
-    def pick_compute(
-        self,
-        device: torch.device,
-        obs_shape: tuple[int, ...],
-        updates: int | None = None,
-        kept: dict[str, bool] | None = None,
-    ) -> Compute:
+    def pick_compute(self, device: torch.device, obs_shape: tuple[int, ...], updates: int | None = None) -> Compute:
         """Choose how the networks compute (:func:`dqnlab.learn.fast.cpu_compute.pick`), measuring on a CPU a run
-        of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``; ``kept``, a resumed run's own choice from its
-        checkpoint (``dqn_compute``), is kept without measuring: a resume computes as the run did.
+        of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``, unless :meth:`keep_compute` kept a resumed run's.
         """
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
-        if kept is not None and hasattr(self.q_net, "set_compute"):
-            self._set_compute(Compute(bool(kept["bf16"]), bool(kept["channels_last"]), {}, KEPT))
+        if self.compute.unmeasured == KEPT:
             return self.compute
         compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
         if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:
             self._set_compute(compute)
         return self.compute
+
+    def keep_compute(self, saved: Any) -> None:
+        """A resumed run's own compute (its checkpoint's ``dqn_compute``): kept, not measured again."""
+        if isinstance(saved, dict) and hasattr(self.q_net, "set_compute"):
+            self._set_compute(Compute(bool(saved["bf16"]), bool(saved["channels_last"]), {}, KEPT))
 
     def _set_compute(self, compute: Compute) -> None:
         self.compute = compute
@@ -364,9 +361,7 @@ class DQNModule(PlainAttributes, pl.LightningModule):
             count, first = checkpoint["dqn_nonfinite"]
             self._nonfinite_count.copy_(count)
             self._nonfinite_first.copy_(first)
-        saved = checkpoint.get("dqn_compute")
-        if isinstance(saved, dict) and hasattr(self.q_net, "set_compute"):  # resume computing as the run did
-            self._set_compute(Compute(bool(saved["bf16"]), bool(saved["channels_last"]), {}))
+        self.keep_compute(checkpoint.get("dqn_compute"))  # resume computing as the run did
 
     def uses_cuda_graph(self) -> bool:
         """Whether this fit records the update as a CUDA graph (``cuda_graph`` and the module's device)."""

@@ -51,6 +51,17 @@ class Run:
         return tuple(sorted(keep))
 
 
+def final_value(run: Run, metric: str) -> float | None:
+    """A finished run's ``metric``: its ``summary.json`` key, else the last value of that ``metrics.csv`` column
+    (a summary written before the key existed); ``None`` for a run that has not finished.
+    """
+    if metric in run.summary:
+        return float(run.summary[metric])
+    if run.summary and metric in run.curves and len(run.curves[metric][1]):
+        return float(run.curves[metric][1][-1])
+    return None
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run dirs under ``paths``: each path itself if it holds ``metrics.csv``, else every dir below that does."""
     found: list[Path] = []
