@@ -138,8 +138,8 @@ def test_sigterm_saves_last_checkpoint_and_stops_cleanly(tmp_path, monkeypatch):
     handler_before = signal.getsignal(signal.SIGTERM)
     real_build = train_module.build
 
-    def build_with_signal(cfg, stop=None):
-        parts = real_build(cfg, stop)
+    def build_with_signal(cfg, stop=None, kept_compute=None):
+        parts = real_build(cfg, stop, kept_compute)
         parts.trainer.callbacks.insert(0, _SignalAt(30, signal.SIGTERM))
         return parts
 
