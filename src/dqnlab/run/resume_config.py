@@ -186,9 +186,7 @@ def run_overrides(first: list[str], now: list[str]) -> list[str]:
     names (``env_steps=200000``) set to the resume's value; the resume's ``ckpt_path`` and the keys it only
     repeats add nothing.
     """
-    changes = {
-        _key(o): o for o in now if may_change(_key(o)) and _key(o) != "ckpt_path" and not _key(o).startswith("hydra.")
-    }
+    changes = {_key(o): o for o in now if may_change(_key(o)) and _key(o) != "ckpt_path"}  # hydra.* may not change
     kept = [changes.pop(_key(o), o) for o in first]
     return kept + list(changes.values())
 
