@@ -18,6 +18,7 @@ GROUPS = [
     "buffer",
     "collector",
     "target",
+    "reset",
     "eval",
     "logger",
     "trainer",
@@ -47,6 +48,8 @@ def test_option_composes_and_builds(make_cfg, group, option):
         overrides.append("env.id=MountainCar-v0")
     if group == "env" and option == "atari":
         overrides.append("env.game=pong")
+    if group == "reset":
+        overrides.append("reset.layers=[net.4]")  # CartPole's MLP; tests/test_reset.py resets a conv net's head
     if group == "logger" and option == "wandb":
         pytest.importorskip("wandb")
     if group == "network" and option == "minatar_cnn":

@@ -244,8 +244,9 @@ KNOB_CASES = [(k, v) for k in KNOBS for v in _bad_values(k)]
 
 @pytest.fixture(scope="module")
 def smoke_cfg() -> DictConfig:
-    # augment=drq: its knobs exist (the image check needs the env, which validate_config does not build)
-    return compose_cfg(["debug=smoke", "augment=drq"], ROOT / "outputs" / "unused")  # validate_config never writes
+    # augment=drq: its knobs exist (the image check needs the env, which validate_config does not build); reset too
+    overrides = ["debug=smoke", "augment=drq", "reset=last_layers"]
+    return compose_cfg(overrides, ROOT / "outputs" / "unused")  # validate_config never writes
 
 
 @pytest.mark.parametrize(("knob", "value"), KNOB_CASES, ids=[f"{k.key}={v}" for k, v in KNOB_CASES])

@@ -32,6 +32,7 @@ from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_write_json, remove_if_only_started, remove_stale_temp_files
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import build_network
+from dqnlab.learn.reset import PeriodicReset
 from dqnlab.learn.target import TargetNetworkSync
 from dqnlab.run.checkpoint import (
     CHECKPOINT_DIR,
@@ -149,7 +150,8 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
 
         # A distributional learner (algo=c51) sets the network's output atoms.
         num_atoms = int(cfg.algo.get("num_atoms", 1))
-        network = build_network(instantiate(cfg.network), obs_space.shape, num_actions, num_atoms)
+        network_factory = partial(build_network, instantiate(cfg.network), obs_space.shape, num_actions, num_atoms)
+        network = network_factory()
         augment = instantiate(cfg.augment) if cfg.get("augment") else None
         module: DQNModule = instantiate(
             cfg.algo, network=network, optimizer=instantiate(cfg.optimizer), augment=augment
@@ -192,6 +194,9 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
         target_sync: pl.Callback = instantiate(cfg.target)
         if isinstance(target_sync, TargetNetworkSync):
             target_sync.attach(module)  # before the header, which says when the pass over s' is shared
+        reset: pl.Callback | None = instantiate(cfg.reset) if cfg.get("reset") else None
+        if isinstance(reset, PeriodicReset):
+            reset.attach(module, network_factory, cfg.seed)  # fresh inits as the network's config builds them
         callbacks: list[pl.Callback] = [
             ResumeState(collector, config),
             StopOnSignal(stop, collector, checkpointing=checkpoint is not None and checkpoint.handle_signals),
@@ -199,6 +204,7 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
             collector,
             guard,
             target_sync,
+            *([reset] if reset is not None else []),  # after the target sync: a reset's target copy comes last
             evaluator,
         ]
         if checkpoint is not None:

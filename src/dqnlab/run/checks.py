@@ -60,6 +60,7 @@ GROUPS = (
     "network",
     "optimizer",
     "paths",
+    "reset",
     "target",
     "trainer",
 )

@@ -93,6 +93,10 @@ def describe_update(cfg: DictConfig, module: Any) -> list[str]:
         else ""
     )
     lines = [f"update: {grads}{compute}{augment}{shared}{masks}"]
+    if cfg.get("reset"):
+        from dqnlab.learn.reset import describe_reset  # here: this module imports nothing heavy at its top
+
+        lines.append(describe_reset(cfg.reset))
     if cfg.get("protocol"):
         departs = _protocol_kept(cfg)
         lines.append(
