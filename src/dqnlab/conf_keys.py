@@ -20,6 +20,13 @@ _GLOBAL_GROUPS = ("debug", "experiment", "hparams", "hparams_search")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
 
 
+def override_key(override: str) -> str:
+    """The config key a command-line override sets: ``+optimizer.lr=1e-3`` -> ``optimizer.lr``, ``~checkpoint`` ->
+    ``checkpoint``, ``env=pong`` -> ``env`` (Hydra's ``+``, ``++`` and ``~`` prefixes and the value dropped).
+    """
+    return override.lstrip("+~").split("=", 1)[0]
+
+
 def _is_global(text: str, group: str) -> bool:
     """Whether a group's file (its ``text``) is merged at the top level rather than under ``group``."""
     comments = (line.replace(" ", "") for line in text.splitlines() if line.startswith("#"))
@@ -182,7 +189,7 @@ def logger_not_chosen(key: str, argv: list[str], conf_dir: str) -> str | None:
     name = rest.split(".")[0]
     if head != "logger" or not name or not (Path(conf_dir) / "logger" / f"{name}.yaml").is_file():
         return None
-    picks = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "logger"]
+    picks = [a.split("=", 1)[1] for a in argv if "=" in a and override_key(a) == "logger"]
     if picks and not picks[-1].startswith("[") and "," in picks[-1]:
         return None  # logger=csv,wandb under -m: one logger per job
     chosen = [v.strip() for v in picks[-1].strip("[]").split(",") if v.strip()] if picks else None

@@ -25,12 +25,12 @@ steps, at the fraction of the run's first budget, so extending a run does not re
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dqnlab.conf_keys import override_key
 from dqnlab.errors import ConfigError
 from dqnlab.io import atomic_write_bytes
 from dqnlab.legacy import upgrade_targets
@@ -98,7 +98,7 @@ def named_keys(overrides: list[str]) -> set[str]:
     """
     named = set()
     for text in overrides:
-        key = re.split(r"=", text.lstrip("+~"), maxsplit=1)[0].split("@")[0].replace("/", ".")
+        key = override_key(text).split("@")[0].replace("/", ".")
         if key.startswith("hydra.") or key == "hydra":
             continue
         named.add("" if key.split(".")[0] in GLOBAL_GROUPS else key)
@@ -177,17 +177,14 @@ def restore_config(cfg: DictConfig, saved: dict[str, Any], overrides: list[str] 
     return restored, changed
 
 
-def _key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
 def run_overrides(first: list[str], now: list[str]) -> list[str]:
     """The run's command line after a resume: its first segment's overrides, each key this resume may change and
     names (``env_steps=200000``) set to the resume's value; the resume's ``ckpt_path`` and the keys it only
     repeats add nothing.
     """
-    changes = {_key(o): o for o in now if may_change(_key(o)) and _key(o) != "ckpt_path"}  # hydra.* may not change
-    kept = [changes.pop(_key(o), o) for o in first]
+    keys = {o: override_key(o) for o in now}
+    changes = {keys[o]: o for o in now if may_change(keys[o]) and keys[o] != "ckpt_path"}  # hydra.* may not change
+    kept = [changes.pop(override_key(o), o) for o in first]
     return kept + list(changes.values())
 
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from dqnlab.conf_keys import override_key
 from dqnlab.errors import ConfigError, MissingExtraError
 from dqnlab.io import atomic_write_bytes
 
@@ -52,7 +53,7 @@ def hydra_job_identity() -> tuple[str | None, list[str], str | None]:
 
 def overrides_dirname(overrides: list[str], exclude_keys: list[str], item_sep: str, kv_sep: str) -> str:
     """Overrides joined as Hydra joins them into ``job.override_dirname``: sorted, without ``exclude_keys``."""
-    lines = sorted(o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in exclude_keys)
+    lines = sorted(o for o in overrides if override_key(o) not in exclude_keys)
     return re.sub("=", kv_sep, item_sep.join(lines))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from dqnlab.conf_keys import override_key
 from dqnlab.share import stats
 
 # Overrides that do not change what is trained: never a reason to put two runs in different groups.
@@ -47,7 +48,7 @@ class Run:
     @property
     def group(self) -> tuple[str, ...]:
         """The overrides that define the run's group: all but the seed and the bookkeeping ones."""
-        keep = [o for o in self.overrides if not o.lstrip("+~").split("=", 1)[0].startswith(_NOT_GROUPING)]
+        keep = [o for o in self.overrides if not override_key(o).startswith(_NOT_GROUPING)]
         return tuple(sorted(keep))
 
 
