@@ -59,7 +59,9 @@ def reset_seed(seed: int, index: int) -> int:
 
 
 def describe_reset(node: Any) -> str:
-    """The run header's line for the ``reset`` group's config."""
+    """The run header's line for the ``reset`` group's config (a callback of your own: its ``_target_``)."""
+    if node.get("_target_") != f"{__name__}.{PeriodicReset.__name__}":
+        return f"resets: {node.get('_target_')} (reset._target_)"
     until = node.get("until")
     when = f"every {int(node.every):,} gradient steps" + (f" up to step {int(until):,}" if until is not None else "")
     rest = (
