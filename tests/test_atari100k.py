@@ -19,7 +19,16 @@ from dqnlab.data.collect import EnvStepper
 from dqnlab.data.dataset import Batch
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
-from dqnlab.learn.fast.cpu_compute import MIN_UPDATES_TO_MEASURE, Compute, bf16_instructions, candidates, choose, pick
+from dqnlab.learn.fast.cpu_compute import (
+    KEPT,
+    MIN_UPDATES_TO_MEASURE,
+    Compute,
+    bf16_instructions,
+    candidates,
+    choose,
+    kept,
+    pick,
+)
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import NatureCNN
 from dqnlab.learn.target import TargetNetworkSync
@@ -184,6 +193,19 @@ def test_a_run_too_short_to_repay_measuring_takes_the_first_candidate_and_says_w
         assert pick(net, cpu, (4, 84, 84), 32, "bf16", "auto", updates=10)[:2] == (True, False)
     assert pick(net, cpu, (4, 84, 84), 32, "fp32", False, updates=10) == Compute(False, False, {})  # no choice
     assert len(pick(net, cpu, (4, 84, 84), 8, "fp32", "auto", updates=MIN_UPDATES_TO_MEASURE).measured_ms) == 2
+
+
+def test_a_resume_keeps_its_compute_and_says_when_this_cpu_emulates_its_bf16() -> None:
+    bf16_nchw, fp32_cl = {"bf16": True, "channels_last": False}, {"bf16": False, "channels_last": True}
+    assert kept(bf16_nchw, native_bf16=True) == Compute(True, False, {}, KEPT)
+    assert kept(fp32_cl, native_bf16=False) == Compute(False, True, {}, KEPT)  # float32 runs anywhere
+    emulated = kept(bf16_nchw, native_bf16=False)
+    assert emulated[:2] == (True, False)  # the run's numerics are kept, not switched to float32
+    assert emulated.describe() == (
+        "bf16 NCHW (the run's own, from its checkpoint: a resume computes as the run did; this CPU has no bf16 "
+        "instructions, so torch emulates them, several times slower than float32 (a new run here would choose "
+        "float32))"
+    )
 
 
 @pytest.mark.skipif(not bf16_instructions(), reason="this CPU has no bf16 instructions")

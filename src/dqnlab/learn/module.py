@@ -16,7 +16,7 @@ from dqnlab.data.dataset import Batch, ReplayDataset
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.errors import ConfigError
 from dqnlab.learn.fast.attributes import PlainAttributes
-from dqnlab.learn.fast.cpu_compute import KEPT, Compute, pick
+from dqnlab.learn.fast.cpu_compute import KEPT, Compute, kept, pick
 from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, GraphedUpdate, graphs_available
 from dqnlab.learn.fast.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.learn.fast.optim_step import clip_and_guard, fast_step
@@ -189,7 +189,7 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         of at least ``MIN_UPDATES_TO_MEASURE`` ``updates``, unless :meth:`keep_compute` kept a resumed run's.
         """
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
-        if self.compute.unmeasured == KEPT:
+        if self.compute.unmeasured.startswith(KEPT):
             return self.compute
         compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
         if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:
@@ -199,7 +199,7 @@ class DQNModule(PlainAttributes, pl.LightningModule):
     def keep_compute(self, saved: Any) -> None:
         """A resumed run's own compute (its checkpoint's ``dqn_compute``): kept, not measured again."""
         if isinstance(saved, dict) and hasattr(self.q_net, "set_compute"):
-            self._set_compute(Compute(bool(saved["bf16"]), bool(saved["channels_last"]), {}, KEPT))
+            self._set_compute(kept(saved))
 
     def _set_compute(self, compute: Compute) -> None:
         self.compute = compute

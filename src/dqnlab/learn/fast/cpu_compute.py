@@ -17,7 +17,7 @@ import copy
 import itertools
 import statistics
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -34,6 +34,11 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # Why a resumed run measures nothing: it computes as it did before (the same numerics as the uninterrupted run).
 KEPT = "the run's own, from its checkpoint: a resume computes as the run did"
+# A bf16 run resumed where the CPU lacks bf16 instructions keeps its numerics, at the cost of speed.
+EMULATED = (
+    "; this CPU has no bf16 instructions, so torch emulates them, several times slower than float32 "
+    "(a new run here would choose float32)"
+)
 
 
 class Compute(NamedTuple):
@@ -70,6 +75,15 @@ def bf16_instructions() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX-BF16), as torch detects them."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def kept(saved: dict[str, Any], native_bf16: bool | None = None) -> Compute:
+    """A resumed run's own compute (its checkpoint's ``dqn_compute``), kept without measuring; a bf16 one on a CPU
+    without bf16 instructions (``native_bf16``, detected when ``None``) says that it runs emulated.
+    """
+    bf16 = bool(saved["bf16"])
+    native = bf16_instructions() if native_bf16 is None and bf16 else bool(native_bf16)
+    return Compute(bf16, bool(saved["channels_last"]), {}, KEPT + (EMULATED if bf16 and not native else ""))
 
 
 def candidates(precision: str, channels_last: bool | str) -> list[tuple[bool, bool]]:
