@@ -80,8 +80,8 @@ class PeriodicReset(Callback):
             updates per ``collector.train_freq`` env steps, that is ``every * train_freq / gradient_steps`` env steps.
         layers: Prefixes of the parameter names to re-initialize (``head``: the fully connected layers of
             ``nature_cnn`` and ``minatar_cnn``; an MLP's layers are ``net.0``, ``net.2``, ...).
-        until: The last gradient step a reset may fall on (``null``: no limit). A reset late in a run leaves it
-            too few updates to relearn (BBF stops them after 100k env steps).
+        until: The last gradient step a reset may fall on (``null``: no limit): a reset late in a run leaves it
+            too few updates to relearn before it is scored.
         shrink: Factor on the other parameters at a reset (1.0 = kept).
         perturb: Weight of a fresh initialization added to the other parameters (0.0 = none).
 
