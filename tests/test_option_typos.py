@@ -19,6 +19,9 @@ CASES = [
     ("logger=[csv,wandbb]", "did you mean logger=wandb?"),
     # Hydra's hint, +logger.wandb.mode, would add a key no logger reads (also on a resume of a W&B run).
     ("logger.wandb.mode=offline", "this command's loggers are csv and wandb is not one of them"),
+    # A group that is none by default: Hydra's +reset.every would add a node without its _target_.
+    ("reset.every=100", "reset.every is a setting of the reset group, which this command does not choose"),
+    ("augment.pad=2", "(none by default): add augment=drq"),
     (
         "network.hidden_sizes=64",
         "network.hidden_sizes=64 must be a list of layer widths: e.g. network.hidden_sizes=[64,64]",

@@ -172,6 +172,34 @@ def _default_options(conf_dir: str, group: str) -> list[str]:
     return []
 
 
+def group_not_chosen(key: str, argv: list[str], chosen: dict[str, str], conf_dir: str) -> str | None:
+    """``reset.every=100`` on a command that does not choose the group (its default is none): Hydra suggests
+    ``+reset.every=100``, which would add a node without its ``_target_``; name the option that has the key.
+
+    Args:
+        key: A dotted override key, e.g. ``augment.pad``.
+        argv: The command line (a ``group=`` of any kind, a sweep's too, chooses the group).
+        chosen: The group options the command line and its experiment select (:func:`chosen_options`).
+        conf_dir: The config directory.
+
+    Returns:
+        The message, or ``None`` when the group is chosen, or chosen by default in ``conf/train.yaml``.
+
+    """
+    head, _, rest = key.partition(".")
+    second = rest.split(".")[0]
+    folder = Path(conf_dir) / head
+    if not second or head == "logger" or not folder.is_dir() or head in chosen or _default_options(conf_dir, head):
+        return None
+    if any(override_key(a).split("@")[0] in (head, f"/{head}") for a in argv):
+        return None
+    options = [p.stem for p in sorted(folder.glob("*.yaml")) if second in (option_keys(conf_dir, head, p.stem) or ())]
+    if not options:
+        return None  # unknown_group_key's case
+    picks = " or ".join(f"{head}={o}" for o in options)
+    return f"{key} is a setting of the {head} group, which this command does not choose (none by default): add {picks}"
+
+
 def logger_not_chosen(key: str, argv: list[str], conf_dir: str) -> str | None:
     """``logger.wandb.mode=offline`` on a command whose loggers are ``csv``: Hydra suggests ``+logger.wandb.mode``,
     a key no logger would read. Also for a resume: the run's own loggers come back after the command is composed.

@@ -31,7 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnlab.checks import Knob, check_knobs, raise_all, select
 from dqnlab.cluster.slurm import check_slurm_launcher
-from dqnlab.conf_keys import chosen_options, key_of_another_option, logger_not_chosen, unknown_group_key
+from dqnlab.conf_keys import (
+    chosen_options,
+    group_not_chosen,
+    key_of_another_option,
+    logger_not_chosen,
+    unknown_group_key,
+)
 from dqnlab.data import checks as data_checks
 from dqnlab.envs import checks as env_checks
 from dqnlab.errors import EXIT_CONFIG_ERROR, ConfigError, full_error_requested, print_error
@@ -125,6 +131,7 @@ def refuse_unknown_override_keys(argv: list[str], conf_dir: Path | None = None) 
             problem = unknown_group_key(key, str(conf_dir), GROUPS)
             problem = problem or key_of_another_option(key, chosen, str(conf_dir))
             problem = problem or logger_not_chosen(key, argv, str(conf_dir))
+            problem = problem or group_not_chosen(key, argv, chosen, str(conf_dir))
         if problem:
             print(f"error: {arg}: {problem} (Hydra: Could not override {key!r})", file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
