@@ -32,7 +32,8 @@ from dqnlab.learn.fast.cpu_compute import (
 from dqnlab.learn.module import DQNModule
 from dqnlab.learn.networks import NatureCNN
 from dqnlab.learn.target import TargetNetworkSync
-from dqnlab.run.report import describe_update, update_summary
+from dqnlab.run.report import TIMING_KEYS, describe_update, update_summary
+from dqnlab.train import build, run
 from tests.conftest import PYTHON, ROOT, compose_cfg
 
 
@@ -271,6 +272,48 @@ def test_augment_on_a_vector_env_is_one_error_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
     assert "augment" in errors[0] and "(4,)" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused once the env exists: no run dir left behind
+
+
+@pytest.mark.atari
+def test_a_target_copy_the_update_never_reads_waits_and_changes_nothing(ale: Any, tmp_path: Path) -> None:
+    # Atari 100k's target is the online net of the last step: its copy (1.7M weights a step) waits for a
+    # checkpoint or the end of training. A run that copies at every step ends the same, checkpoint included.
+    overrides = ["experiment=atari100k", "env.game=pong", "debug=smoke", "target.interval=1", "progress_bar=false"]
+    overrides += ["checkpoint.every=200", "checkpoint.keep=-1"]  # one written mid-run, one at the end
+    deferred = run(compose_cfg(overrides, tmp_path / "deferred"))
+    eager = run(compose_cfg([*overrides, "target._target_=tests.custom_algos.EagerSync"], tmp_path / "eager"))
+    assert {k: v for k, v in deferred.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in eager.items() if k not in TIMING_KEYS
+    }
+    files = sorted(p.name for p in (tmp_path / "deferred" / "checkpoints").iterdir())
+    assert files == ["env_steps_200.ckpt", "last.ckpt"]
+    for file in files:
+        saved = [
+            torch.load(tmp_path / d / "checkpoints" / file, map_location="cpu", weights_only=False)
+            for d in ("deferred", "eager")
+        ]
+        assert saved[0]["callbacks"]["TargetNetworkSync"] == saved[1]["callbacks"]["EagerSync"]  # the sync count
+        assert saved[0]["state_dict"].keys() == saved[1]["state_dict"].keys()
+        for name, value in saved[0]["state_dict"].items():
+            assert torch.equal(value, saved[1]["state_dict"][name]), (file, name)
+            if name.startswith("target_net."):  # the target written is the online net of that step
+                assert torch.equal(value, saved[0]["state_dict"]["q_net." + name.removeprefix("target_net.")])
+    parts = build(compose_cfg(overrides, tmp_path / "built"))
+    try:
+        assert TargetNetworkSync.deferred(parts.module)
+    finally:
+        parts.close()
+    # Where the update reads target_net, every copy is made when due: the hand-written MLP update, a td_loss of yours.
+    cartpole = build(compose_cfg(["debug=smoke", "target.interval=1", "target.tau=1.0"], tmp_path / "mlp"))
+    try:
+        assert cartpole.module.gradients == "hand-written" and not TargetNetworkSync.deferred(cartpole.module)
+    finally:
+        cartpole.close()
+    own = build(compose_cfg([*overrides, "algo._target_=tests.custom_algos.ZeroLossDQN"], tmp_path / "own"))
+    try:
+        assert own.module.target_is_online and not TargetNetworkSync.deferred(own.module)
+    finally:
+        own.close()
 
 
 @pytest.mark.atari

@@ -28,6 +28,7 @@ class TargetNetworkSync(Callback):
         self.tau = float(tau)
         self.syncs = 0
         self._tensors: tuple[int, list[Tensor], list[Tensor]] | None = None
+        self._pending = False  # a copy owed to the target network (see on_train_batch_end)
 
     def _pairs(self, pl_module: pl.LightningModule) -> tuple[list[Tensor], list[Tensor]]:
         # Walking both modules' parameters costs ~25 us, more than the blend itself: do it once per module.
@@ -57,10 +58,52 @@ class TargetNetworkSync(Callback):
         """:meth:`attach` (again: a Trainer given this callback and another module)."""
         self.attach(pl_module)
 
+    @staticmethod
+    def deferred(pl_module: pl.LightningModule) -> bool:
+        """Whether the update never reads the target network, so its copy can wait until something does.
+
+        The stock autograd update reads only the online net while the target is the online net copied after every
+        update (``target_is_online``); the hand-written MLP update and a module of yours that redefines an
+        extension point may read ``target_net``, and get their copy at every step.
+        """
+        return (
+            bool(getattr(pl_module, "target_is_online", False))
+            and getattr(pl_module, "gradients", None) == "autograd"
+            and not getattr(pl_module, "overridden", True)
+        )
+
+    def flush(self, pl_module: pl.LightningModule) -> None:
+        """Make the copy a deferred sync owes the target network."""
+        if self._pending:
+            hard_update(*self._pairs(pl_module))
+            self._pending = False
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: object) -> None:
-        """After gradient step ``global_step``, sync when it is a multiple of ``interval``."""
+        """After gradient step ``global_step``, sync when it is a multiple of ``interval``.
+
+        A copy the update does not read (:meth:`deferred`: Atari 100k's target, the online net of the last step)
+        waits for a checkpoint or the end of training: copying the Nature CNN's 1.7M weights costs ~0.7 ms
+        (median, one thread, beside two training runs), about 2% of an Atari 100k step on one core.
+        """
         if trainer.global_step % self.interval == 0:
-            self.sync(pl_module)
+            if self.tau >= 1.0 and self.deferred(pl_module):
+                self.syncs += 1
+                self._pending = True
+            else:
+                self.sync(pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """A checkpoint holds the target network as an undeferred run has it (a copy of the online net)."""
+        if self._pending:
+            self.flush(pl_module)
+            state = checkpoint.get("state_dict", {})
+            for name, tensor in pl_module.target_net.state_dict().items():
+                if f"target_net.{name}" in state:
+                    state[f"target_net.{name}"] = tensor
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained module's target network is what an undeferred run leaves."""
+        self.flush(pl_module)
 
     def state_dict(self) -> dict[str, int]:
         """Sync count (the cadence itself follows ``global_step``)."""
