@@ -379,3 +379,14 @@ def test_atari100k_unknown_game_and_duplicate_seed_are_one_error_line(tmp_path):
     _atari100k_run(tmp_path / "b", "pong", 0, -20.0)
     proc = _results(str(tmp_path / "b"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: two runs of Pong seed 0")
+
+
+def test_the_atari100k_tables_in_the_docs_are_the_scripts_output_on_the_records():
+    # docs/results.md quotes `scripts/results.py --atari100k docs/results/atari100k`: a record added without its
+    # tables (or a table edited by hand) fails here. The script's first two tables: the aggregate, one row per game.
+    proc = _results("docs/results/atari100k")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blocks = [b for b in proc.stdout.split("\n\n") if b.startswith("| ")]
+    section = (ROOT / "docs" / "results.md").read_text().split("## Atari 100k", 1)[1].split("\n## ", 1)[0]
+    for table in blocks[:2]:
+        assert table.strip() in section, table
