@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from dqnlab.conf_keys import override_key
 from dqnlab.errors import EXIT_CONFIG_ERROR, ArgumentParser, positive_int, print_error
 from dqnlab.share import atari100k, parity, stats
 from dqnlab.share.atari100k_runs import compute_label, scores_by_game
@@ -76,7 +77,7 @@ class Group:
     @property
     def method(self) -> tuple[str, ...]:
         """The overrides apart from the env ones: groups with the same method on different envs aggregate."""
-        return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("env=", "env.")))
+        return tuple(o for o in self.overrides if override_key(o).split(".")[0] != "env")
 
 
 def collect_groups(runs: list[Run], metric: str = "eval/return_mean") -> list[Group]:
