@@ -20,6 +20,7 @@ from dqnlab.data.dataset import Batch
 from dqnlab.data.replay import ReplayBuffer
 from dqnlab.learn.augment import DrQAugment, intensity_factors, random_shift
 from dqnlab.learn.fast.cpu_compute import (
+    EMULATED,
     KEPT,
     MIN_UPDATES_TO_MEASURE,
     Compute,
@@ -184,6 +185,23 @@ def test_choose_measures_every_candidate_and_leaves_the_network_alone() -> None:
     assert choose(net, (4, 84, 84), 8, [(False, True)]) == Compute(False, True, {})  # one candidate: no timing
 
 
+@pytest.mark.parametrize(("interval", "double", "next_passes"), [(1, True, 1), (2, True, 2), (2, False, 1)])
+def test_the_measurement_times_the_passes_the_update_makes(interval: int, double: bool, next_passes: int) -> None:
+    """The start-up measurement runs the update's own passes (learn/passes.py on a CPU): the online net over s with
+    gradients, then one pass over s' without when the target is the online net or there is no double choice, two
+    otherwise; the target callback's attach decides which, as in a run."""
+    net = NatureCNN((4, 84, 84), 6, dueling=True, dueling_shared=True)
+    grad_modes: list[bool] = []
+    net.register_forward_hook(lambda *_: grad_modes.append(torch.is_grad_enabled()))  # copies carry the hook
+    module = DQNModule(net, partial(torch.optim.Adam, lr=1e-4), batch_size=2, double=double, precision="fp32")
+    TargetNetworkSync(interval=interval).attach(module)
+    compute = module.pick_compute(torch.device("cpu"), (4, 84, 84), updates=MIN_UPDATES_TO_MEASURE)
+    updates = 2 * 11  # two float32 layouts, each 2 warm-up and 3 x 3 timed updates
+    assert len(compute.measured_ms) == 2 and grad_modes.count(True) == updates
+    assert grad_modes.count(False) == updates * next_passes
+    assert grad_modes[: 1 + next_passes] == [True] + [False] * next_passes
+
+
 def test_a_run_too_short_to_repay_measuring_takes_the_first_candidate_and_says_why() -> None:
     net = NatureCNN((4, 84, 84), 6)
     cpu = torch.device("cpu")
@@ -344,5 +362,9 @@ def test_the_benchmark_sweep_repeated_resumes_and_leaves_finished_runs_alone(ale
     assert again.returncode == 0, again.stderr[-3000:]  # it was refused: buffer.frame_stack=1 (the run's: 4)
     assert "summary.json is left as it was" in again.stdout + again.stderr
     (line,) = [x for x in (again.stdout + again.stderr).splitlines() if "update: autograd" in x]
-    assert "; bf16 channels-last (the run's own, from its checkpoint: a resume computes as the run did)" in line
+    # A CPU without bf16 instructions keeps the run's numerics and says torch emulates them (cpu_compute.EMULATED).
+    emulated = "" if bf16_instructions() else EMULATED
+    assert (
+        f"; bf16 channels-last (the run's own, from its checkpoint: a resume computes as the run did{emulated})" in line
+    )
     assert (run_dir / "summary.json").read_bytes() == summary

@@ -174,6 +174,9 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
         collector: EnvStepper = instantiate(
             cfg.collector, env=env, buffer=buffer, total_env_steps=cfg.env_steps, seed=cfg.seed
         )
+        target_sync: pl.Callback = instantiate(cfg.target)
+        if isinstance(target_sync, TargetNetworkSync):
+            target_sync.attach(module)  # before the header and the measurement: is the pass over s' shared?
         # A conv net on a CPU: fp32 or bf16, measured (unless the run is too short to repay measuring).
         module.keep_compute(kept_compute)  # a resume: the run's own choice, not measured again
         module.pick_compute(device, tuple(obs_space.shape), collector.total_gradient_steps)
@@ -191,9 +194,6 @@ def build(cfg: DictConfig, stop: SignalStop | None = None, kept_compute: dict[st
         guard = NonFiniteGuard(collector, cfg.get("nonfinite", "error"), checkpoint_dir(cfg))
         # The progress bar before the collector: it is open during the collector's random prefill.
         checkpoint = build_checkpoint(cfg, collector, stop)
-        target_sync: pl.Callback = instantiate(cfg.target)
-        if isinstance(target_sync, TargetNetworkSync):
-            target_sync.attach(module)  # before the header, which says when the pass over s' is shared
         reset: pl.Callback | None = instantiate(cfg.reset) if cfg.get("reset") else None
         if isinstance(reset, PeriodicReset):
             reset.attach(module, network_factory, cfg.seed)  # fresh inits as the network's config builds them

@@ -191,7 +191,9 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
         if self.compute.unmeasured.startswith(KEPT):
             return self.compute
-        compute = pick(self.q_net, device, obs_shape, self.batch_size, self.precision, self.channels_last, updates)
+        passes = 1 if self.target_is_online or not self.double else 2  # over s' on a CPU (after the target's attach)
+        knobs = (self.precision, self.channels_last, updates, passes)
+        compute = pick(self.q_net, device, obs_shape, self.batch_size, *knobs)
         if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:
             self._set_compute(compute)
         return self.compute

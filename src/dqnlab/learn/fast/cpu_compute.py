@@ -109,21 +109,33 @@ def candidates(precision: str, channels_last: bool | str) -> list[tuple[bool, bo
     return list(itertools.product(precisions, layouts))
 
 
-def _update_ms(online: nn.Module, target: nn.Module, obs: torch.Tensor, rounds: int) -> list[float]:
-    """Milliseconds of one update's network work: online forward over s and s', target forward, backward."""
+def _update_ms(online: nn.Module, target: nn.Module, obs: torch.Tensor, rounds: int, next_passes: int) -> list[float]:
+    """Milliseconds of one update's network work, as the update does it on a CPU (learn/passes.py): the online
+    net over s with gradients, ``next_passes`` passes over s' without (2: the online net picks, the target rates;
+    1: the target alone, or the online net when it is the target), the backward pass.
+    """
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        out = online(torch.cat([obs, obs]))
+        out = online(obs)
         with torch.no_grad():
-            target(obs)
+            for net in (target, online)[:next_passes]:
+                net(obs)
         out.float().square().mean().backward()
         times.append((time.perf_counter() - t) * 1e3)
     return times
 
 
-def choose(network: nn.Module, obs_shape: tuple[int, ...], batch_size: int, pairs: list[tuple[bool, bool]]) -> Compute:
+def choose(
+    network: nn.Module,
+    obs_shape: tuple[int, ...],
+    batch_size: int,
+    pairs: list[tuple[bool, bool]],
+    next_passes: int = 2,
+) -> Compute:
     """Time each candidate on copies of ``network`` (interleaved, medians) and return the fastest.
+
+    ``next_passes``: how many passes over s' the update makes (see :func:`_update_ms`).
 
     The copies and a private generator keep the run's own weights and random streams untouched.
     """
@@ -137,11 +149,11 @@ def choose(network: nn.Module, obs_shape: tuple[int, ...], batch_size: int, pair
         for net in (online, target):
             net.set_compute(bf16, last)
         nets[(bf16, last)] = (online, target)
-        _update_ms(online, target, obs, 2)  # warm-up: oneDNN picks and caches its kernels
+        _update_ms(online, target, obs, 2, next_passes)  # warm-up: oneDNN picks and caches its kernels
     samples: dict[tuple[bool, bool], list[float]] = {pair: [] for pair in pairs}
     for _ in range(3):  # interleaved rounds: a load that comes and goes hits every candidate alike
         for pair, (online, target) in nets.items():
-            samples[pair].append(statistics.mean(_update_ms(online, target, obs, 3)))
+            samples[pair].append(statistics.mean(_update_ms(online, target, obs, 3, next_passes)))
     ms = {pair: statistics.median(v) for pair, v in samples.items()}
     best_fp32 = min((v for (bf16, _), v in ms.items() if not bf16), default=None)
     best = min(ms, key=ms.__getitem__)
@@ -158,12 +170,13 @@ def pick(
     precision: str,
     channels_last: bool | str,
     updates: int | None = None,
+    next_passes: int = 2,
 ) -> Compute:
     """The way ``network`` computes its update: measured among what the knobs allow on a CPU, float32 elsewhere.
 
     Only networks with ``set_compute`` (the Nature CNN) on a CPU have a choice; the others run float32. A run of
     fewer than :data:`MIN_UPDATES_TO_MEASURE` ``updates`` (a smoke run) takes the first candidate unmeasured: the
-    measurement would cost more than it could save.
+    measurement would cost more than it could save. ``next_passes``: the update's passes over s' (1 or 2).
 
     Raises:
         ConfigError: ``algo.precision=bf16`` where it cannot run (another network, a GPU, no bf16 instructions).
@@ -179,4 +192,4 @@ def pick(
     if len(pairs) > 1 and updates is not None and updates < MIN_UPDATES_TO_MEASURE:
         why = f"not measured: {updates:,} updates, fewer than the {MIN_UPDATES_TO_MEASURE:,} that repay measuring"
         return Compute(*pairs[0], {}, why)
-    return choose(network, obs_shape, batch_size, pairs)
+    return choose(network, obs_shape, batch_size, pairs, next_passes)
