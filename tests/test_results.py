@@ -274,16 +274,27 @@ def _atari100k_run(root, game: str, seed: int, score: float | None, kept: bool =
 def test_parity_holds_when_the_means_differ_by_less_than_the_larger_spread():
     from dqnlab.share.parity import parity
 
-    bf16 = {"Boxing": {0: 10.0, 1: 14.0}, "Pong": {0: -10.0, 1: -9.0}, "Qbert": {0: 500.0, 1: 700.0}, "Alien": {0: 1.0}}
-    fp32 = {"Boxing": {0: 11.0, 1: 12.0}, "Pong": {0: -20.0, 1: -19.0}, "Qbert": {0: 300.0, 1: 500.0}}
+    bf16 = {"Boxing": {0: 10.0, 1: 14.0, 2: 30.0}, "Pong": {0: -10.0, 1: -9.0}, "Qbert": {0: 500.0, 1: 700.0},
+            "Alien": {0: 1.0}, "Krull": {0: 1.0, 1: 2.0}}  # fmt: skip
+    fp32 = {
+        "Boxing": {0: 11.0, 1: 12.0},
+        "Pong": {0: -20.0, 1: -19.0},
+        "Qbert": {0: 300.0, 1: 500.0},
+        "Krull": {1: 2.0, 2: 3.0},
+    }
     games, skipped = parity(bf16, fp32)
     assert [g.game for g in games] == ["Boxing", "Pong", "Qbert"]
     boxing, pong, qbert = games
-    # Boxing: means 12 and 11.5 (0.5 apart), spreads 4 and 1: parity holds.
+    # Boxing: on the seeds run both ways (0 and 1; seed 2's 30 would widen bf16's spread alone), means 12 and 11.5
+    # (0.5 apart), spreads 4 and 1: parity holds.
+    assert boxing.a == {0: 10.0, 1: 14.0}
     assert (boxing.mean_a, boxing.mean_b, boxing.difference, boxing.spread, boxing.holds) == (12, 11.5, 0.5, 4, True)
     assert (pong.difference, pong.spread, pong.holds) == (10, 1, False)  # 10 apart, spreads of 1
     assert (qbert.difference, qbert.spread, qbert.holds) == (200, 200, False)  # "less than": a tie does not hold
-    assert skipped == ["Alien: 1 and 0 runs; parity needs at least 2 of each"]
+    assert skipped == [
+        "Alien: 1 and 0 runs, 0 seeds in common; parity needs at least 2 seeds run both ways",
+        "Krull: 2 and 2 runs, 1 seed in common; parity needs at least 2 seeds run both ways",
+    ]
 
 
 def test_results_parity_table_on_hand_made_runs(tmp_path, capsys):
@@ -299,7 +310,7 @@ def test_results_parity_table_on_hand_made_runs(tmp_path, capsys):
     assert "| game | bf16 NCHW runs | bf16 NCHW mean | bf16 NCHW spread | fp32 channels-last runs |" in table
     assert _row(table, "Boxing")[-7:] == ["12.00", "4.00", "11.00 (s0), 12.00 (s1)", "11.50", "1.00", "0.50", "holds"]
     assert _row(table, "Pong")[-2:] == ["10.00", "does not hold"]
-    assert "it holds for 1 of 2 games" in table and "parity: left out Breakout: 1 and 1 runs" in err
+    assert "it holds for 1 of 2 games" in table and "parity: left out Breakout: 1 and 1 runs, 1 seed in common" in err
     assert out.count("| boxing_s0 |") == 2  # both sets' runs in the table of how each run ran
     # Without --atari100k there is nothing to compare: one error line.
     with pytest.raises(SystemExit) as exit_info:

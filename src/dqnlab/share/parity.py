@@ -5,7 +5,8 @@ The CPU update may run under bf16 autocast (``algo.precision``); the test pre-re
 precisions' mean scores differ by less than the runs of one precision differ among themselves. A game's
 **seed-to-seed spread** under one precision is its best run's score minus its worst's (with two seeds, the one
 difference there is); parity holds for the game when ``|mean_a - mean_b|`` is below the larger of the two spreads.
-A game needs at least two runs under each precision, or it has no spread to compare with.
+Only the seeds both sets ran count (a third bf16 seed would widen one spread and not the other); a game needs at
+least two of them, or it has no spread to compare with.
 
 Pure functions over ``game -> seed -> score`` mappings (``scripts/results.py --parity`` reads them from run dirs).
 """
@@ -71,7 +72,7 @@ def _spread(runs: Mapping[int, float]) -> float:
 
 
 def parity(a: Scores, b: Scores) -> tuple[list[GameParity], list[str]]:
-    """The games both sets ran, each with at least two runs per set, and one line per game left out.
+    """The games both sets ran with at least two common seeds, on those seeds, and one line per game left out.
 
     Args:
         a: The first set's scores (``game -> seed -> score``).
@@ -84,10 +85,14 @@ def parity(a: Scores, b: Scores) -> tuple[list[GameParity], list[str]]:
     games, skipped = [], []
     for game in sorted(set(a) | set(b)):
         runs_a, runs_b = a.get(game, {}), b.get(game, {})
-        if len(runs_a) < 2 or len(runs_b) < 2:
-            skipped.append(f"{game}: {len(runs_a)} and {len(runs_b)} runs; parity needs at least 2 of each")
+        seeds = sorted(set(runs_a) & set(runs_b))
+        if len(seeds) < 2:
+            skipped.append(
+                f"{game}: {len(runs_a)} and {len(runs_b)} runs, {len(seeds)} seed{'s' * (len(seeds) != 1)} in "
+                "common; parity needs at least 2 seeds run both ways"
+            )
         else:
-            games.append(GameParity(game, dict(runs_a), dict(runs_b)))
+            games.append(GameParity(game, {s: runs_a[s] for s in seeds}, {s: runs_b[s] for s in seeds}))
     return games, skipped
 
 
