@@ -393,11 +393,15 @@ def test_atari100k_unknown_game_and_duplicate_seed_are_one_error_line(tmp_path):
 
 
 def test_the_atari100k_tables_in_the_docs_are_the_scripts_output_on_the_records():
-    # docs/results.md quotes `scripts/results.py --atari100k docs/results/atari100k`: a record added without its
-    # tables (or a table edited by hand) fails here. The script's first two tables: the aggregate, one row per game.
-    proc = _results("docs/results/atari100k")
+    # docs/results.md quotes `scripts/results.py --atari100k docs/results/atari100k --parity ...`: a record added
+    # without its tables (or a table edited by hand) fails here. The script's first two tables (the aggregate, one
+    # row per game) and the parity of bf16 and float32 with its verdict.
+    proc = _results("docs/results/atari100k", "--parity", "docs/results/atari100k_fp32")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    blocks = [b for b in proc.stdout.split("\n\n") if b.startswith("| ")]
+    blocks = proc.stdout.split("\n\n")
+    tables = [b for b in blocks if b.startswith("| ")]
+    (verdict,) = [b for b in blocks if b.startswith("Parity of ")]
+    (parity,) = [t for t in tables if "| difference of means |" in t.splitlines()[0]]
     section = (ROOT / "docs" / "results.md").read_text().split("## Atari 100k", 1)[1].split("\n## ", 1)[0]
-    for table in blocks[:2]:
+    for table in [*tables[:2], verdict, parity]:
         assert table.strip() in section, table
