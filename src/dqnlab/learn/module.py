@@ -21,7 +21,7 @@ from dqnlab.learn.fast.graphs import ClosureOnlyOptimizer, GraphedSampler, Graph
 from dqnlab.learn.fast.mlp_update import mlp_q_values, mlp_td_grads, plain_relu_layers
 from dqnlab.learn.fast.optim_step import clip_and_guard, fast_step
 from dqnlab.learn.networks import noisy_layers, resample_noise
-from dqnlab.learn.passes import network_passes
+from dqnlab.learn.passes import network_passes, next_passes
 from dqnlab.learn.rl_math import TDLoss, categorical_td_loss, dqn_loss, expected_q, masked_argmax, td_target
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -191,7 +191,7 @@ class DQNModule(PlainAttributes, pl.LightningModule):
         self._concat_double = device.type != "cpu" or len(obs_shape) < 3
         if self.compute.unmeasured.startswith(KEPT):
             return self.compute
-        passes = 1 if self.target_is_online or not self.double else 2  # over s' on a CPU (after the target's attach)
+        passes = next_passes(double=self.double, target_is_online=self.target_is_online)  # after target's attach
         knobs = (self.precision, self.channels_last, updates, passes)
         compute = pick(self.q_net, device, obs_shape, self.batch_size, *knobs)
         if compute.measured_ms or compute.unmeasured or compute.bf16 or compute.channels_last:

@@ -33,6 +33,13 @@ class Passes(NamedTuple):
     next_q_online: Tensor | None
 
 
+def next_passes(*, double: bool, target_is_online: bool) -> int:
+    """How many passes over s' :func:`network_passes` makes when it runs them apart (a conv net on a CPU): one
+    when the target is the online net or there is no double choice (the target alone), else two.
+    """
+    return 1 if target_is_online or not double else 2
+
+
 def network_passes(
     q_net: nn.Module,
     target_net: nn.Module,
