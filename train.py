@@ -29,9 +29,18 @@ def main(cfg: DictConfig) -> float | None:
     with exit_on_config_error():
         from dqnlab.train import run  # imported late so `--help` and config errors stay fast
 
-        gc.freeze()  # the imported modules live as long as the process: later collections skip them
-        gc.enable()
-        summary = run(cfg)
+        if not gc.isenabled():
+            # The process's first job: the imported modules live as long as the process, later collections skip
+            # them. Only then: a sweep's later job (Hydra's launchers run several in one process) would freeze the
+            # job before it, its trainer, replay memory and envs, for the rest of the sweep.
+            gc.freeze()
+            gc.enable()
+        try:
+            summary = run(cfg)
+        finally:
+            # The run's trainer, callbacks, replay memory and envs are cyclic garbage now: free them before the
+            # next job starts (ale-py's C++ vector env also reports itself leaked if it is still alive at exit).
+            gc.collect()
     metric = cfg.get("optimized_metric")
     return summary.get(metric) if metric else None
 
@@ -46,9 +55,7 @@ if __name__ == "__main__":
         # SIGPIPE would (exit 128 + 13), and point stdout at /dev/null so the exit's flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
-    # Everything is written. One collection frees the run's cyclic garbage (the trainer, its callbacks and the
-    # envs they hold: ale-py's C++ vector env reports itself leaked if it is still alive at exit, ~0.13 s).
-    # Interpreter shutdown would then collect the ~400k objects that torch and Lightning keep alive, several
-    # times over (~0.7 s of a CartPole run's ~20 s); the OS frees them anyway, so they are frozen instead.
-    gc.collect()
+    # Everything is written and each job freed its own garbage. Interpreter shutdown would collect the ~400k
+    # objects that torch and Lightning keep alive, several times over (~0.7 s of a CartPole run's ~20 s); the OS
+    # frees them anyway, so they are frozen instead.
     gc.freeze()
