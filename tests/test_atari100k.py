@@ -31,7 +31,7 @@ from dqnlab.learn.fast.cpu_compute import (
     pick,
 )
 from dqnlab.learn.module import DQNModule
-from dqnlab.learn.networks import NatureCNN
+from dqnlab.learn.networks import NatureCNN, scaled_input
 from dqnlab.learn.target import TargetNetworkSync
 from dqnlab.run.report import TIMING_KEYS, describe_update, update_summary
 from dqnlab.train import build, run
@@ -88,6 +88,38 @@ def test_drq_augment_draws_offsets_as_dopamine_and_scales_whole_images() -> None
     assert per_image[:, 0].std() > 1  # and the factors differ between images
     with pytest.raises(ValueError, match="max_shift"):
         DrQAugment(pad=2, max_shift=5)
+
+
+def test_augment_leaves_its_input_alone_and_matches_the_step_by_step_answer() -> None:
+    # It scales its own new tensor in place: never the batch it was given (a float batch without a shift is the
+    # case where a cast would hand back the input itself).
+    x = torch.randint(0, 256, (8, 4, 12, 12), dtype=torch.uint8)
+    for pad, batch in ((4, x), (0, x), (0, x.float()), (2, x.float())):
+        before = batch.clone()
+        torch.manual_seed(3)
+        out = DrQAugment(pad=pad, intensity_scale=0.05, max_shift=None if pad else 0)(batch)
+        torch.manual_seed(3)
+        expected = batch
+        if pad:
+            expected = random_shift(batch, pad, torch.randint(0, 2 * pad, (8, 2)))
+        expected = expected.float() * intensity_factors(torch.randn(8), 0.05).view(8, 1, 1, 1)
+        assert torch.equal(batch, before) and out.data_ptr() != batch.data_ptr() and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_the_networks_input_is_obs_over_255_in_its_layout_written_once(channels_last: bool, dtype: Any) -> None:
+    obs = torch.randint(0, 256, (4, 4, 84, 84), dtype=torch.uint8).to(dtype) * (1.03 if dtype.is_floating_point else 1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    expected = (obs.float() / 255.0).contiguous(memory_format=layout)  # the step-by-step answer
+    x = scaled_input(obs, 255.0, channels_last)
+    assert torch.equal(x, expected) and x.stride() == expected.stride() and x.data_ptr() != obs.data_ptr()
+    # An input gradient (a saliency map) still flows through the network.
+    net = NatureCNN((4, 84, 84), 6)
+    net.set_compute(bf16=False, channels_last=channels_last)
+    leaf = obs.float().requires_grad_()
+    net(leaf).sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 
 # ------------------------------------------------------------------ the preset

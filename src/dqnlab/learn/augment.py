@@ -72,10 +72,11 @@ class DrQAugment:
         if self.pad > 0:
             shifts = torch.randint(0, self.max_shift + 1, (b, 2), device=x.device)
             x = random_shift(x, self.pad, shifts)
-        x = x.float()
+        # A new float32 tensor (the shift's gather already wrote one; without it, a copy): scaled in place.
+        x = x.to(torch.float32, copy=self.pad == 0)
         if self.intensity_scale > 0:
             factors = intensity_factors(torch.randn(b, device=x.device), self.intensity_scale)
-            x = x * factors.view(b, *([1] * (x.dim() - 1)))
+            x.mul_(factors.view(b, *([1] * (x.dim() - 1))))
         return x
 
     def __repr__(self) -> str:

@@ -328,9 +328,7 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         """``[B, C, H, W]`` (any dtype) -> ``[B, num_actions]`` (``[B, num_actions, num_atoms]`` logits)."""
-        x = obs.float() / self.scale
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = scaled_input(obs, self.scale, self.channels_last)
         if self.bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
                 out = self.head(self.features(x))
@@ -338,6 +336,16 @@ class NatureCNN(nn.Module):
         else:
             out = self.head(self.features(x))
         return out if out.dim() == 3 else _as_output(out, self.num_actions, self.num_atoms)
+
+
+def scaled_input(obs: Tensor, scale: float, channels_last: bool) -> Tensor:
+    """``obs.float() / scale`` in the layout the convolutions take, written once (not a copy per step)."""
+    if obs.requires_grad:  # an input gradient (a saliency map): ``out=`` does not record it
+        x = obs.float() / scale
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty(obs.shape, dtype=torch.float32, device=obs.device, memory_format=layout)
+    return torch.div(obs, scale, out=out)
 
 
 def _conv_head(
