@@ -107,7 +107,7 @@ def test_augment_leaves_its_input_alone_and_matches_the_step_by_step_answer() ->
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
 def test_the_networks_input_is_obs_over_255_in_its_layout_written_once(channels_last: bool, dtype: Any) -> None:
     obs = torch.randint(0, 256, (4, 4, 84, 84), dtype=torch.uint8).to(dtype) * (1.03 if dtype.is_floating_point else 1)
     layout = torch.channels_last if channels_last else torch.contiguous_format

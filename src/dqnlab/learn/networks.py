@@ -340,7 +340,9 @@ class NatureCNN(nn.Module):
 
 def scaled_input(obs: Tensor, scale: float, channels_last: bool) -> Tensor:
     """``obs.float() / scale`` in the layout the convolutions take, written once (not a copy per step)."""
-    if obs.requires_grad:  # an input gradient (a saliency map): ``out=`` does not record it
+    # An input gradient (a saliency map), which ``out=`` does not record, or a dtype torch.div would compute in
+    # (float64, float16) rather than float32: step by step.
+    if obs.requires_grad or obs.dtype not in (torch.uint8, torch.float32):
         x = obs.float() / scale
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
     layout = torch.channels_last if channels_last else torch.contiguous_format
